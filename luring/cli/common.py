@@ -1,0 +1,80 @@
+"""Shared CLI pieces: common options, option validators and the argument parser type.
+
+Every command gets ``--seed``, ``--device auto|cpu|cuda`` and (where it writes) ``--out``.
+Validators raise :class:`argparse.ArgumentTypeError`, which the parser turns into a one-line
+error with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["add_common", "nonneg_int", "pos_int", "unit_float", "pos_float", "LuringParser"]
+
+
+class LuringParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``luring: error: MESSAGE`` on stderr, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {' '.join(message.split())}\n")
+        sys.exit(2)
+
+
+def add_common(p: argparse.ArgumentParser, *, out: bool = True, out_help: str = "output directory",
+               out_required: bool = True) -> None:
+    """Add ``--seed``, ``--device`` and optionally ``--out``."""
+    p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to compute (default auto: CUDA when available)")
+    if out:
+        p.add_argument("--out", required=out_required, help=out_help)
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def nonneg_int(text: str) -> int:
+    """An integer ≥ 0."""
+    v = _int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be ≥ 0, got {v}")
+    return v
+
+
+def pos_int(text: str) -> int:
+    """An integer ≥ 1."""
+    v = _int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {v}")
+    return v
+
+
+def _float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if v != v:
+        raise argparse.ArgumentTypeError("NaN is not allowed")
+    return v
+
+
+def unit_float(text: str) -> float:
+    """A number in [0, 1] (ε in pixel units, probabilities, rates)."""
+    v = _float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {v}")
+    return v
+
+
+def pos_float(text: str) -> float:
+    """A number > 0."""
+    v = _float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v

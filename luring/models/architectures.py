@@ -1,0 +1,223 @@
+"""The paper's architectures (appendix A, tables 2-4: targets M; appendix B, tables 5-7:
+defense components P) and a name → constructor registry.
+
+Every model takes float32 NCHW images in [0, 1]. Targets return logits of shape (N, classes);
+components return images of the input's shape in (0, 1) (sigmoid output).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from luring.errors import LuringError
+
+__all__ = [
+    "ArchSpec",
+    "ARCHITECTURES",
+    "build",
+    "arch_spec",
+    "default_architectures",
+    "Stacked",
+]
+
+
+def _conv_bn_relu(c_in: int, c_out: int, *, pool: bool = False) -> list[nn.Module]:
+    """Conv(3x3, same) [+ MaxPool(2)] + BN + ReLU, the order of tables 3 and 4."""
+    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1)]
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    layers += [nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+    return layers
+
+
+class MnistTarget(nn.Module):
+    """Table 2 (Madry et al.'s MNIST model): Conv(32,5)-ReLU-Pool-Conv(64,5)-ReLU-Pool-
+    Dense(1024)-ReLU-Dense(C). Input (N, C_in, 28, 28)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, size: int = 28) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 5, padding=2, bias=False), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2, bias=False), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(64 * (size // 4) ** 2, 1024), nn.ReLU(inplace=True),
+            nn.Linear(1024, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class VggTarget(nn.Module):
+    """Tables 3 (SVHN, widths 64/128/256) and 4 (CIFAR10, widths 128/256/512): three blocks of
+    two 3x3 convolutions, the second followed by MaxPool; two Dense(1024)+BN+ReLU; Dense(C).
+    ``dropout`` (default 0) is applied before each dense layer when set."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, size: int = 32,
+                 widths: tuple[int, int, int] = (64, 128, 256), dropout: float = 0.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for w in widths:
+            layers += _conv_bn_relu(c, w) + _conv_bn_relu(w, w, pool=True)
+            c = w
+        self.features = nn.Sequential(*layers)
+        flat = c * (size // 8) ** 2
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(dropout), nn.Linear(flat, 1024), nn.BatchNorm1d(1024), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(1024, 1024), nn.BatchNorm1d(1024), nn.ReLU(inplace=True),
+            nn.Linear(1024, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class MnistComponent(nn.Module):
+    """Table 5, with the shapes of the authors' code: an 8x4x4 bottleneck auto-encoder.
+
+    Conv(16)-ReLU-Pool → 14, Conv(8)-ReLU-Pool → 7, Conv(8, stride 2)-ReLU → 4,
+    Conv(8)-ReLU-Up → 8, Conv(8)-ReLU-Up → 16, Conv(16, valid)-ReLU → 14, Up → 28,
+    Conv(C)-Sigmoid. Input and output (N, C, 28, 28). ``dropout`` is applied to the
+    bottleneck when set.
+    """
+
+    def __init__(self, in_channels: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(16, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.decoder = nn.Sequential(
+            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Upsample(scale_factor=2),
+            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Upsample(scale_factor=2),
+            nn.Conv2d(8, 16, 3), nn.ReLU(inplace=True), nn.Upsample(scale_factor=2),
+            nn.Conv2d(16, in_channels, 3, padding=1), nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.dropout(self.encoder(x)))
+
+
+class VggComponent(nn.Module):
+    """Tables 6 (SVHN) and 7 (CIFAR10): conv-BN-ReLU encoder/decoder ending in
+    Conv(C)+BN+Sigmoid. Input and output (N, C, 32, 32). ``dropout`` before the decoder."""
+
+    def __init__(self, plan: tuple, in_channels: int = 3, dropout: float = 0.0,
+                 split: int | None = None) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for item in plan:
+            if item == "P":
+                layers.append(nn.MaxPool2d(2))
+            elif item == "U":
+                layers.append(nn.Upsample(scale_factor=2))
+            elif item == "D":
+                layers.append(nn.Dropout(dropout))
+            else:
+                layers += [nn.Conv2d(c, item, 3, padding=1), nn.BatchNorm2d(item),
+                           nn.ReLU(inplace=True)]
+                c = item
+        layers += [nn.Conv2d(c, in_channels, 3, padding=1), nn.BatchNorm2d(in_channels),
+                   nn.Sigmoid()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+_SVHN_P = (128, "P", 256, "P", 512, 1024, "P", "D", 512, 512, "U", 256, "U", 128, "U", 64)
+_CIFAR_P = (128, 256, "P", 512, 1024, "D", 512, 512, 256, "U", 128, 64)
+
+
+class Stacked(nn.Module):
+    """T = M∘P: ``head(component(x))``. Input images in [0, 1], output the head's logits."""
+
+    def __init__(self, component: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.component = component
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.component(x))
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A registered architecture: its role (``target`` or ``component``), the input shape it
+    accepts (C, H, W) and its constructor ``make(in_channels, num_classes, **kw)``."""
+
+    name: str
+    role: str
+    input_shape: tuple[int, int, int]
+    make: Callable[..., nn.Module]
+    paper_table: int
+    description: str
+
+
+ARCHITECTURES: dict[str, ArchSpec] = {
+    s.name: s
+    for s in [
+        ArchSpec("mnist-target", "target", (1, 28, 28),
+                 lambda c=1, k=10, **kw: MnistTarget(c, k), 2, "Madry et al. MNIST CNN"),
+        ArchSpec("svhn-target", "target", (3, 32, 32),
+                 lambda c=3, k=10, **kw: VggTarget(c, k, widths=(64, 128, 256), **kw), 3,
+                 "VGG-like, widths 64/128/256"),
+        ArchSpec("cifar10-target", "target", (3, 32, 32),
+                 lambda c=3, k=10, **kw: VggTarget(c, k, widths=(128, 256, 512), **kw), 4,
+                 "VGG-like, widths 128/256/512"),
+        ArchSpec("mnist-component", "component", (1, 28, 28),
+                 lambda c=1, k=None, **kw: MnistComponent(c, **kw), 5,
+                 "convolutional auto-encoder, 8x4x4 bottleneck"),
+        ArchSpec("svhn-component", "component", (3, 32, 32),
+                 lambda c=3, k=None, **kw: VggComponent(_SVHN_P, c, **kw), 6,
+                 "conv-BN-ReLU encoder/decoder"),
+        ArchSpec("cifar10-component", "component", (3, 32, 32),
+                 lambda c=3, k=None, **kw: VggComponent(_CIFAR_P, c, **kw), 7,
+                 "conv-BN-ReLU encoder/decoder"),
+    ]
+}
+
+# Data set family → (target architecture, component architecture).
+_DEFAULTS = {
+    "mnist": ("mnist-target", "mnist-component"),
+    "svhn": ("svhn-target", "svhn-component"),
+    "cifar10": ("cifar10-target", "cifar10-component"),
+}
+
+
+def arch_spec(name: str) -> ArchSpec:
+    """The registered :class:`ArchSpec` for ``name``; a LuringError lists the known names."""
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise LuringError(f"unknown architecture {name!r}; choose one of: {known}") from None
+
+
+def build(name: str, in_channels: int | None = None, num_classes: int = 10,
+          **kwargs) -> nn.Module:
+    """Construct architecture ``name`` (randomly initialised, in train mode)."""
+    spec = arch_spec(name)
+    c = spec.input_shape[0] if in_channels is None else in_channels
+    return spec.make(c, num_classes, **kwargs)
+
+
+def default_architectures(family: str) -> tuple[str, str]:
+    """(target, component) architecture names for a data set family: ``mnist`` (also
+    Fashion-MNIST and mnist-5k), ``svhn`` or ``cifar10``."""
+    try:
+        return _DEFAULTS[family]
+    except KeyError:
+        raise LuringError(f"no default architectures for data set family {family!r}") from None
