@@ -153,7 +153,8 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
     if disable is None:
         disable = bool(os.environ.get("LURING_NO_PROGRESS"))
     return tqdm(iterable, total=total, desc=desc, disable=disable, unit=unit,
-                dynamic_ncols=True, leave=False, file=sys.stderr)
+                dynamic_ncols=True, leave=False, file=sys.stderr,
+                mininterval=0.5 if sys.stderr.isatty() else 5.0)
 
 
 def versions() -> dict[str, str]:

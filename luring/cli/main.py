@@ -44,7 +44,10 @@ def build_parser() -> LuringParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``luring`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version or a usage error (already printed)
+        return int(exc.code or 0)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
