@@ -34,17 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from luring.data import get_spec, load
+    from luring.data import get_spec
     from luring.errors import LuringError
-    from luring.models.checkpoint import save_checkpoint
-    from luring.models.train import target_settings, train_target
-    from luring.utils import (
-        atomic_write_json,
-        atomic_write_text,
-        ensure_dir,
-        resolve_device,
-        versions,
-    )
+    from luring.models.train import target_settings, train_target_run
+    from luring.utils import ensure_dir, resolve_device
 
     spec = get_spec(args.dataset)
     out = ensure_dir(args.out)
@@ -56,31 +49,8 @@ def run(args: argparse.Namespace) -> int:
         spec.family, adv_train=args.adv_train, architecture=args.arch, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, adv_eps=args.adv_eps,
         adv_steps=args.adv_steps, adv_step_size=args.adv_step_size)
-    x_tr, y_tr = load(args.dataset, "train", args.data_dir)
-    x_te, y_te = load(args.dataset, "test", args.data_dir)
-    model, info = train_target(x_tr, y_tr, settings, num_classes=spec.num_classes,
-                               seed=args.seed, device=device, x_test=x_te, y_test=y_te)
-    config = {"command": "train-target", "dataset": args.dataset, "seed": args.seed,
-              "device": str(device), "settings": settings.to_dict(),
-              "n_train": len(x_tr), "n_test": len(x_te)}
-    acc = info["test_accuracy"]
-    save_checkpoint(model, out, "model", architecture=settings.architecture,
-                    input_shape=spec.shape, classes=list(spec.classes), dataset=args.dataset,
-                    test_accuracy=acc, config=config, seed=args.seed,
-                    arch_kwargs=info["arch_kwargs"])
-    atomic_write_json(out / "config.json", config)
-    results = {"test_accuracy": acc, "n_test": len(x_te), "seconds": info["seconds"],
-               "history": info["history"], "versions": versions()}
-    atomic_write_json(out / "results.json", results)
-    rows = "\n".join(
-        f"| {h['epoch']} | {h['loss']:.4f} | {h['train_accuracy']:.4f} | "
-        f"{h.get('test_accuracy', float('nan')):.4f} |" for h in info["history"])
-    atomic_write_text(out / "report.md", (
-        f"# Target model M — {args.dataset}\n\n"
-        f"Architecture `{settings.architecture}`, seed {args.seed}, device {device}, "
-        f"{len(x_tr)} training / {len(x_te)} test images.\n"
-        f"Adversarial training: {'PGD ε=%g, %d steps of %g' % (settings.adv_eps, settings.adv_steps, settings.adv_step_size) if settings.adv_train else 'no'}.\n\n"  # noqa: E501
-        f"**Test accuracy: {acc:.4f}** (n = {len(x_te)}), trained in {info['seconds']:.1f} s.\n\n"
-        "| epoch | loss | train accuracy | test accuracy |\n|---|---|---|---|\n" + rows + "\n"))
-    print(f"test accuracy {acc:.4f} (n={len(x_te)}) in {info['seconds']:.1f} s → {out}")
+    _, info = train_target_run(args.dataset, out, settings, seed=args.seed, device=device,
+                               data_dir=args.data_dir)
+    print(f"test accuracy {info['test_accuracy']:.4f} (n={info['n_test']}) in "
+          f"{info['seconds']:.1f} s → {out}")
     return 0

@@ -120,7 +120,8 @@ def load_checkpoint(directory: str | os.PathLike, name: str = "model", *,
     meta = read_sidecar(d, name)
     spec = arch_spec(meta["architecture"])
     shape = meta.get("input_shape") or list(spec.input_shape)
-    model = build(spec.name, in_channels=int(shape[0]), num_classes=int(meta.get("num_classes") or 10),
+    num_classes = int(meta.get("num_classes") or 10)
+    model = build(spec.name, in_channels=int(shape[0]), num_classes=num_classes,
                   **(meta.get("arch_kwargs") or {}))
     state = load_state_dict_file(d / f"{name}.safetensors")
     load_weights_into(model, state, str(d / f"{name}.safetensors"))

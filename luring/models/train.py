@@ -9,6 +9,7 @@ can be overridden.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -21,10 +22,17 @@ from torch import nn
 from luring.errors import LuringError
 from luring.models.architectures import build, default_architectures
 from luring.models.augment import random_affine
-from luring.utils import make_generator, progress
+from luring.utils import (
+    atomic_write_json,
+    atomic_write_text,
+    ensure_dir,
+    make_generator,
+    progress,
+    versions,
+)
 
-__all__ = ["TargetSettings", "target_settings", "train_target", "evaluate_accuracy",
-           "pgd_linf_train"]
+__all__ = ["TargetSettings", "target_settings", "train_target", "train_target_run",
+           "evaluate_accuracy", "pgd_linf_train"]
 
 
 @dataclass(frozen=True)
@@ -178,4 +186,46 @@ def train_target(x_train: torch.Tensor, y_train: torch.Tensor, settings: TargetS
     if x_test is not None and y_test is not None:
         info["test_accuracy"] = history[-1]["test_accuracy"] if history else \
             evaluate_accuracy(model, x_test, y_test)
+    return model, info
+
+
+def train_target_run(dataset: str, out: str | os.PathLike, settings: TargetSettings, *,
+                     seed: int = 0, device: str | torch.device = "cpu",
+                     data_dir: str | os.PathLike | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Train M on ``dataset`` and write a target run directory ``out``: ``model.safetensors``
+    + ``model.json`` (written last: its presence marks a finished model), ``config.json``,
+    ``results.json`` and ``report.md``. Returns ``(model, info)``."""
+    from luring.data import get_spec, load
+    from luring.models.checkpoint import save_checkpoint
+
+    spec = get_spec(dataset)
+    out = ensure_dir(out)
+    x_tr, y_tr = load(dataset, "train", data_dir)
+    x_te, y_te = load(dataset, "test", data_dir)
+    model, info = train_target(x_tr, y_tr, settings, num_classes=spec.num_classes, seed=seed,
+                               device=device, x_test=x_te, y_test=y_te)
+    config = {"command": "train-target", "dataset": dataset, "seed": seed,
+              "device": str(device), "settings": settings.to_dict(),
+              "n_train": len(x_tr), "n_test": len(x_te)}
+    acc = info["test_accuracy"]
+    info["n_test"] = len(x_te)
+    atomic_write_json(out / "config.json", config)
+    atomic_write_json(out / "results.json", {
+        "test_accuracy": acc, "n_test": len(x_te), "seconds": info["seconds"],
+        "history": info["history"], "versions": versions()})
+    adv = (f"PGD ε={settings.adv_eps:g}, {settings.adv_steps} steps of "
+           f"{settings.adv_step_size:g}" if settings.adv_train else "no")
+    rows = "\n".join(f"| {h['epoch']} | {h['loss']:.4f} | {h['train_accuracy']:.4f} | "
+                     f"{h['test_accuracy']:.4f} |" for h in info["history"])
+    atomic_write_text(out / "report.md", (
+        f"# Target model M — {dataset}\n\n"
+        f"Architecture `{settings.architecture}`, seed {seed}, device {device}, "
+        f"{len(x_tr)} training / {len(x_te)} test images. Adversarial training: {adv}.\n\n"
+        f"**Test accuracy: {acc:.4f}** (n = {len(x_te)}), trained in "
+        f"{info['seconds']:.1f} s.\n\n"
+        "| epoch | loss | train accuracy | test accuracy |\n|---|---|---|---|\n" + rows + "\n"))
+    save_checkpoint(model, out, "model", architecture=settings.architecture,
+                    input_shape=spec.shape, classes=list(spec.classes), dataset=dataset,
+                    test_accuracy=acc, config=config, seed=seed,
+                    arch_kwargs=info["arch_kwargs"])
     return model, info
