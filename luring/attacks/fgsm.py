@@ -1,0 +1,31 @@
+"""FGSM (Goodfellow et al. 2015): one l∞ step of size ε along the sign of the input gradient."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from luring.attacks.iterative import IterativeAttack
+
+__all__ = ["FGSM"]
+
+
+class FGSM(IterativeAttack):
+    """``x' = clip(x + ε·sign(∇_x CE(model(x), y)), 0, 1)``: the iterative loop with one step
+    of size ε, no random start, no momentum.
+
+    Args:
+        model: classifier returning logits for (N, C, H, W) images in [0, 1].
+        eps: l∞ bound in [0, 1] (default 0.3).
+        seed, batch_size: see :class:`~luring.attacks.base.Attack` (FGSM draws nothing).
+    """
+
+    name = "fgsm"
+
+    def __init__(self, model: nn.Module, eps: float = 0.3, *, seed: int = 0,
+                 batch_size: int | None = None) -> None:
+        super().__init__(model, eps=eps, steps=1, alpha=eps, seed=seed, batch_size=batch_size)
+
+    def _params(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,225 @@
+"""``luring attack``: craft adversarial examples against a saved model or defense.
+
+    luring attack --source DIR --attack NAME --eps E [attack parameters] --n N
+                  [--dataset D --data-dir ROOT] --out DIR [--seed S --device D --batch-size B]
+
+The source is a target directory (``model.json``: the model M) or a defense directory
+(``defense.json``: the augmented model T). The first N test images of the source's data set
+are attacked (untargeted, against the source's own predictions, as the paper's authors did)
+and ``--out`` receives ``adversarial.safetensors`` (x, x_adv, y, pred_clean, pred_adv) and
+``attack.json`` (attack, resolved parameters, counts, success rate, wall time, versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as st_save
+
+from luring.attacks import ATTACKS, attack_parameters, create
+from luring.cli.common import LuringParser, add_common, nonneg_int, pos_float, pos_int, unit_float
+from luring.errors import LuringError
+from luring.utils import (
+    atomic_write_bytes,
+    atomic_write_json,
+    ensure_dir,
+    progress,
+    read_json,
+    resolve_device,
+    versions,
+)
+
+__all__ = ["register", "run_attack"]
+
+# option dest → (type, help); passed to the attack only when given
+ATTACK_OPTIONS: dict[str, tuple[Any, str]] = {
+    "steps": (nonneg_int, "iterations (gradient attacks, SPSA, CW)"),
+    "alpha": (pos_float, "step size (gradient attacks; an l2 length for mim-l2)"),
+    "mu": (None, "momentum decay (mim family; paper 1.0)"),
+    "p": (unit_float, "input-diversity probability (dim, dim-ti)"),
+    "kernel_size": (pos_int, "TI kernel size (mim-ti, dim-ti; paper searched 3, 5, 10, 15)"),
+    "eps_l2": (pos_float, "l2 bound (mim-l2; default 30 on MNIST, 2 otherwise)"),
+    "samples": (pos_int, "SPSA evaluations per iteration, even (paper 128)"),
+    "delta": (pos_float, "SPSA finite-difference radius (paper 0.01)"),
+    "lr": (pos_float, "learning rate (SPSA, CW; paper 0.1)"),
+    "chunk_size": (pos_int, "evaluations per forward chunk (SPSA per image, ECO images)"),
+    "max_queries": (pos_int, "ECO query budget per image (paper 20000)"),
+    "block_size": (pos_int, "ECO initial block size (default 2 MNIST, 8 SVHN, 4 CIFAR10)"),
+    "early_stop": (bool, "ECO: stop an image at its first success"),
+    "binary_steps": (pos_int, "CW binary-search steps (paper 10)"),
+    "const": (pos_float, "CW initial constant (paper 0.5)"),
+}
+ECO_BLOCK = {"mnist": 2, "svhn": 8, "cifar10": 4}
+L2_BOUND = {"mnist": 30.0}
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
+    return v
+
+
+def _attack_name(text: str) -> str:
+    if text not in ATTACKS:
+        raise argparse.ArgumentTypeError(
+            f"unknown attack {text!r}; choose one of {', '.join(ATTACKS)}")
+    return text
+
+
+def register(subparsers: argparse._SubParsersAction) -> LuringParser:
+    """Add the ``attack`` command."""
+    p = subparsers.add_parser(
+        "attack", help="craft adversarial examples against a saved model or defense",
+        description="Craft adversarial examples against a target (model.json) or a defense "
+                    "(defense.json; attacks T = M∘P) on the first N test images; writes "
+                    "adversarial.safetensors and attack.json to --out.")
+    p.add_argument("--source", required=True, metavar="DIR",
+                   help="target directory (model.json) or defense directory (defense.json)")
+    p.add_argument("--attack", required=True, type=_attack_name, metavar="NAME",
+                   help=f"one of {', '.join(ATTACKS)}")
+    p.add_argument("--eps", required=True, type=unit_float,
+                   help="l∞ bound in [0, 1] pixel units (CW: an optional cap, 1 = none)")
+    p.add_argument("--n", required=True, type=pos_int, help="attack the first N test images")
+    p.add_argument("--dataset", default=None, help="data set (default: the source's)")
+    p.add_argument("--data-dir", default=None, metavar="ROOT", help="data root directory")
+    p.add_argument("--batch-size", type=pos_int, default=None,
+                   help="images per chunk (memory control; results do not depend on it)")
+    g = p.add_argument_group("attack parameters (defaults: the paper's)")
+    for dest, (typ, text) in ATTACK_OPTIONS.items():
+        flag = "--" + dest.replace("_", "-")
+        if typ is bool:
+            g.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            g.add_argument(flag, type=typ or _nonneg_float, default=None, help=text)
+    add_common(p, out_help="output directory for adversarial.safetensors and attack.json")
+    p.set_defaults(handler=run_attack)
+    return p
+
+
+def _load_source(src: Path, device: torch.device) -> tuple[torch.nn.Module, str | None, str]:
+    """(model, data set name from the sidecar, "defense"|"model")."""
+    if not src.is_dir():
+        raise LuringError(f"--source {src} is not a directory; pass a target directory "
+                          "(model.json) or a defense directory (defense.json)")
+    if (src / "defense.json").exists():
+        meta = read_json(src / "defense.json")
+        try:
+            from luring.defense import load as load_defense
+        except ImportError:
+            raise LuringError("this installation has no defense stage (luring.defense); "
+                              "attack a target directory instead") from None
+        model = load_defense(src, device).augmented
+        return model, meta.get("dataset") if isinstance(meta, dict) else None, "defense"
+    if (src / "model.json").exists():
+        from luring.models import load_checkpoint
+
+        model, meta = load_checkpoint(src, "model", device=device)
+        return model, meta.get("dataset"), "model"
+    raise LuringError(f"{src} has neither model.json nor defense.json; train one with "
+                      "`luring train-target` or `luring train-defense`")
+
+
+def _resolve_params(args: argparse.Namespace, family: str | None) -> dict[str, Any]:
+    given = {k: getattr(args, k) for k in ATTACK_OPTIONS if getattr(args, k) is not None}
+    allowed = set(attack_parameters(args.attack))
+    bad = sorted(k for k in given if k not in allowed)
+    if bad:
+        flags = ", ".join("--" + k.replace("_", "-") for k in bad)
+        raise LuringError(f"{flags} does not apply to {args.attack}; it takes "
+                          + ", ".join("--" + k.replace("_", "-") for k in ATTACK_OPTIONS
+                                      if k in allowed))
+    if args.attack == "mim-l2":
+        given.setdefault("eps_l2", L2_BOUND.get(family or "", 2.0))
+    if args.attack == "eco" and family in ECO_BLOCK:
+        given.setdefault("block_size", ECO_BLOCK[family])
+    return given
+
+
+@torch.no_grad()
+def _predict(model: torch.nn.Module, x: torch.Tensor, step: int, device: torch.device
+             ) -> torch.Tensor:
+    return torch.cat([model(x[s:s + step].to(device)).argmax(1).cpu()
+                      for s in range(0, len(x), step)])
+
+
+def run_attack(args: argparse.Namespace) -> int:
+    """Handler of ``luring attack``."""
+    from luring.data import get_spec, load
+
+    device = resolve_device(args.device)
+    out = ensure_dir(args.out)
+    src = Path(args.source)
+    model, dataset, kind = _load_source(src, device)
+    dataset = args.dataset or dataset
+    if not dataset:
+        raise LuringError(f"{src} does not name its data set; pass --dataset")
+    spec = get_spec(dataset)
+    x_all, y_all = load(dataset, "test", args.data_dir)
+    if args.n > len(x_all):
+        raise LuringError(f"--n {args.n} is larger than the {dataset} test set "
+                          f"({len(x_all)} images); pass --n {len(x_all)} or less")
+    x, y = x_all[:args.n].contiguous(), y_all[:args.n].contiguous()
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x[:1].to(device))
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LuringError(f"the source model does not accept {dataset} images of shape "
+                          f"{tuple(x.shape[1:])} ({first}); pass the right --dataset") from None
+    params = _resolve_params(args, spec.family)
+    atk = create(args.attack, model, eps=args.eps, seed=args.seed, batch_size=args.batch_size,
+                 **params)
+    step = args.batch_size or len(x)
+    counts = {"n_forward": 0, "n_backward": 0, "n_queries": 0}
+    parts, extra = [], {"queries": [], "success": [], "l2": []}
+    t0 = time.perf_counter()
+    bar = progress(range(0, len(x), step), total=-(-len(x) // step), desc=f"attack {args.attack}",
+                   unit="chunk")
+    for s in bar:
+        parts.append(atk(x[s:s + step].to(device), start_index=s).cpu())
+        for k in counts:
+            counts[k] += getattr(atk, k)
+        for k in extra:
+            if hasattr(atk, k):
+                extra[k].append(getattr(atk, k).cpu())
+    wall = time.perf_counter() - t0
+    x_adv = torch.cat(parts)
+    pred_clean = _predict(model, x, step, device)
+    pred_adv = _predict(model, x_adv, step, device)
+    tensors = {"x": x, "x_adv": x_adv, "y": y.long(), "pred_clean": pred_clean,
+               "pred_adv": pred_adv}
+    atomic_write_bytes(out / "adversarial.safetensors",
+                       st_save({k: v.contiguous() for k, v in tensors.items()}))
+    fooled = pred_adv != pred_clean
+    correct = pred_clean == y
+    delta = (x_adv.double() - x.double()).flatten(1)
+    record: dict[str, Any] = {
+        "format": "luring-attack/1", "attack": args.attack, "class": type(atk).__name__,
+        "params": atk.params(), "eps": args.eps, "n": len(x), "seed": args.seed,
+        "dataset": dataset, "source": str(src), "source_kind": kind, "device": str(device),
+        **counts,
+        "success_rate": float(fooled.float().mean()),
+        "success_rate_on_correct": float(fooled[correct].float().mean()) if correct.any()
+        else None,
+        "accuracy_clean": float(correct.float().mean()),
+        "accuracy_adv": float((pred_adv == y).float().mean()),
+        "linf_max": float(delta.abs().max()) if len(x) else 0.0,
+        "l2_mean": float(delta.norm(dim=1).mean()) if len(x) else 0.0,
+        "wall_time_s": wall, "versions": versions(),
+    }
+    for k, v in extra.items():
+        if v:
+            record[k] = torch.cat(v).tolist()
+    atomic_write_json(out / "attack.json", record)
+    print(f"{args.attack} eps={args.eps:g} on {len(x)} {dataset} test images: success rate "
+          f"{record['success_rate']:.3f} on the source ({wall:.1f} s); wrote {out}")
+    return 0

@@ -1,0 +1,197 @@
+"""SPSA, ECO and CW-L2 on tiny models: gradient estimate, chunking, query budgets, binary
+search."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from luring.attacks import CWL2, ECO, SPSA
+from luring.attacks.base import margin
+from luring.attacks.eco import split_blocks
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _init(model: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return model.eval()
+
+
+def linear(size: int = 4, seed: int = 0) -> nn.Module:
+    return _init(nn.Sequential(nn.Flatten(), nn.Linear(size * size, 10)), seed)
+
+
+def smooth(size: int = 4, seed: int = 0) -> nn.Module:
+    """Two classes, so the margin has no kink from a change of the runner-up class."""
+    return _init(nn.Sequential(nn.Flatten(), nn.Linear(size * size, 32), nn.Tanh(),
+                               nn.Linear(32, 2)), seed, scale=1.5)
+
+
+def conv(size: int = 8, seed: int = 0) -> nn.Module:
+    return _init(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                               nn.Linear(4 * size * size, 10)), seed)
+
+
+class Counting(nn.Module):
+    """Counts every image the wrapped model evaluates."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.images = 0
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += len(x)
+        self.calls += 1
+        return self.inner(x)
+
+
+def rand(n: int, size: int, seed: int = 1) -> torch.Tensor:
+    return torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def true_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(margin(model(x), y).sum(), x)
+    return g
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)
+
+
+def test_margin_masks_true_class_with_minus_inf():
+    logits = torch.tensor([[-5.0, -1.0, -3.0]])
+    assert margin(logits, torch.tensor([1])).item() == -2.0      # a 0 mask would give +1
+
+
+def test_spsa_estimate_matches_linear_gradient():
+    model, x = linear(), rand(6, 4)
+    y = model(x).argmax(1)
+    atk = SPSA(model, eps=0.3, samples=1024, chunk_size=128)
+    est = atk.estimate_gradient(x, y)
+    assert (cosine(est, true_grad(model, x, y)) >= 0.9).all()
+    assert atk.n_forward == 8 and atk.n_queries == 6 * 1024
+
+
+def test_spsa_estimate_is_at_the_current_iterate():
+    model, x = smooth(), rand(6, 4) * 0.5
+    y = model(x).argmax(1)
+    est = SPSA(model, eps=0.3, samples=2048, chunk_size=512).estimate_gradient(x, y)
+    at_x = cosine(est, true_grad(model, x, y))
+    at_2x = cosine(est, true_grad(model, 2 * x, y))              # cleverhans bug #1249
+    assert (at_x >= 0.9).all() and (at_x > at_2x).all()
+
+
+def test_spsa_directions_independent_per_image():
+    model = linear()
+    x = rand(1, 4).repeat(2, 1, 1, 1)                            # the same image twice
+    est = SPSA(model, eps=0.3, samples=16).estimate_gradient(x)
+    assert not torch.equal(est[0], est[1])
+
+
+def test_spsa_chunking_bounds_memory_not_results():
+    model, x = conv(), rand(4, 8)
+    small = Counting(model)
+    a = SPSA(small, eps=0.3, samples=128, chunk_size=16).estimate_gradient(x)
+    big = Counting(model)
+    b = SPSA(big, eps=0.3, samples=128, chunk_size=128).estimate_gradient(x)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert small.calls == 1 + 8 and big.calls == 1 + 1          # label query + chunks
+    assert small.images == big.images == 4 + 4 * 128
+    # the whole attack: same directions, so the same result up to float rounding (Adam's
+    # division by sqrt(v) magnifies the rounding where the estimate is near zero)
+    adv = SPSA(model, eps=0.3, steps=3, samples=32, chunk_size=8, seed=2)(x)
+    torch.testing.assert_close(adv, SPSA(model, eps=0.3, steps=3, samples=32, chunk_size=32,
+                                         seed=2)(x), rtol=0, atol=1e-4)
+
+
+def test_spsa_counts():
+    model, x = conv(), rand(3, 8)
+    atk = SPSA(model, eps=0.1, steps=4, samples=32, chunk_size=16)
+    atk(x, torch.zeros(3, dtype=torch.long))
+    assert (atk.n_forward, atk.n_backward, atk.n_queries) == (8, 0, 4 * 3 * 32)
+
+
+@pytest.mark.parametrize("with_labels", [False, True])
+def test_eco_query_budget_exact(with_labels):
+    model = Counting(conv())
+    x = rand(5, 8)
+    y = torch.arange(5) if with_labels else None
+    atk = ECO(model, eps=0.2, max_queries=137, block_size=4, block_batch=7, chunk_size=11)
+    out = atk(x, y)
+    assert model.images == 5 * 137 == atk.n_queries
+    assert atk.queries.tolist() == [137] * 5
+    assert atk.n_forward == model.calls
+    assert ((out - x).abs() <= 0.2).all()
+
+
+def test_eco_lockstep_shares_forward_passes():
+    x = rand(8, 8)
+    one, many = Counting(conv()), Counting(conv())
+    ECO(one, eps=0.2, max_queries=60, block_size=2)(x[:1])
+    ECO(many, eps=0.2, max_queries=60, block_size=2)(x)
+    assert many.images == 8 * one.images
+    assert many.calls < 2 * one.calls          # 8 images ride in (about) the same passes
+
+
+def test_eco_early_stop_within_budget_and_corners():
+    model = Counting(conv())
+    x = rand(6, 8)
+    atk = ECO(model, eps=0.5, max_queries=300, block_size=4, early_stop=True)
+    out = atk(x)
+    assert (atk.queries <= 300).all() and model.images == int(atk.queries.sum())
+    fooled = model.inner(out).argmax(1) != model.inner(x).argmax(1)
+    assert (atk.queries[~fooled] == 300).all()
+    # without early stop the perturbation is a corner of the box (clipped to [0, 1])
+    out = ECO(conv(), eps=0.1, max_queries=50)(x)
+    d = out - x
+    edge = (out == 0) | (out == 1)
+    assert torch.isclose(d.abs()[~edge], torch.tensor(0.1), atol=1e-6).all()
+
+
+def test_eco_blocks_cover_image():
+    for size in (1, 2, 3, 4, 8, 40):
+        cover = torch.zeros(3, 28, 28, dtype=torch.int32)
+        for c, r0, r1, c0, c1 in split_blocks((3, 28, 28), size):
+            cover[c, r0:r1, c0:c1] += 1
+        assert (cover == 1).all()
+
+
+def test_cw_binary_search_finds_smaller_l2():
+    model, x = conv(), rand(8, 8)
+    one = CWL2(model, steps=40, binary_steps=1, const=5.0)
+    x1 = one(x)
+    many = CWL2(model, steps=40, binary_steps=5, const=5.0)
+    x5 = many(x)
+    assert one.success.any()
+    assert (many.success >= one.success).all()
+    both = one.success
+    assert (many.l2[both] <= one.l2[both] + 1e-6).all()
+    assert many.l2[both].mean() < one.l2[both].mean()
+    # l2 reports the returned example; failures come back unchanged
+    l2 = (x5 - x).flatten(1).norm(dim=1)
+    torch.testing.assert_close(many.l2[many.success], l2[many.success])
+    assert torch.equal(x5[~many.success], x[~many.success])
+    assert torch.equal(x1[~one.success], x[~one.success])
+    fooled = model(x5).argmax(1) != model(x).argmax(1)
+    assert torch.equal(fooled, many.success)
+
+
+def test_cw_eps_cap():
+    model, x = conv(), rand(4, 8)
+    atk = CWL2(model, eps=0.05, steps=20, binary_steps=2)
+    out = atk(x)
+    assert (out - x).abs().max() <= 0.05

@@ -1,0 +1,152 @@
+"""`luring attack` end to end on a saved mnist-5k checkpoint, and its error paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from luring.cli.main import main
+from luring.models import save_checkpoint
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def source_dir(trained_mnist_target, tmp_path_factory):
+    model = trained_mnist_target[0]
+    d = tmp_path_factory.mktemp("target")
+    save_checkpoint(model, d, "model", architecture="mnist-target", input_shape=(1, 28, 28),
+                    num_classes=10, dataset="mnist-5k")
+    return d
+
+
+def run(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:                  # argparse errors
+        return int(exc.code)
+
+
+def test_attack_cli_end_to_end(source_dir, tmp_path, capsys):
+    out = tmp_path / "adv"
+    code = run(["attack", "--source", str(source_dir), "--attack", "mim", "--eps", "0.3",
+                "--steps", "5", "--alpha", "0.06", "--n", "20", "--out", str(out),
+                "--device", "cpu", "--batch-size", "8", "--seed", "1"])
+    assert code == 0
+    assert "success rate" in capsys.readouterr().out
+    t = load_file(out / "adversarial.safetensors")
+    assert set(t) == {"x", "x_adv", "y", "pred_clean", "pred_adv"}
+    assert t["x"].shape == t["x_adv"].shape == (20, 1, 28, 28)
+    assert (t["x_adv"] - t["x"]).abs().max() <= 0.3
+    assert t["x_adv"].min() >= 0 and t["x_adv"].max() <= 1
+    meta = json.loads((out / "attack.json").read_text())
+    assert meta["attack"] == "mim" and meta["n"] == 20 and meta["seed"] == 1
+    assert meta["params"]["steps"] == 5 and meta["params"]["alpha"] == 0.06
+    assert meta["params"]["mu"] == 1.0 and meta["eps"] == 0.3
+    assert meta["n_backward"] == 3 * 5 and meta["n_queries"] == 20 * 6
+    assert meta["success_rate"] == pytest.approx(
+        float((t["pred_adv"] != t["pred_clean"]).float().mean()))
+    assert meta["success_rate"] > 0.5 and meta["dataset"] == "mnist-5k"
+    assert {"torch", "luring"} <= set(meta["versions"]) and meta["wall_time_s"] > 0
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_attack_cli_defense_source(trained_mnist_target, tmp_path, monkeypatch):
+    # a stand-in for luring.defense with its announced API: load(DIR, device).augmented
+    calls = []
+
+    def load(directory, device="cpu"):
+        calls.append((Path(directory), str(device)))
+        return types.SimpleNamespace(augmented=trained_mnist_target[0])
+
+    monkeypatch.setitem(sys.modules, "luring.defense", types.SimpleNamespace(load=load))
+    src = tmp_path / "defense"
+    src.mkdir()
+    (src / "defense.json").write_text(json.dumps({"format": "luring-defense/1",
+                                                  "dataset": "mnist-5k"}))
+    out = tmp_path / "out"
+    assert run(["attack", "--source", str(src), "--attack", "fgsm", "--eps", "0.2", "--n", "4",
+                "--out", str(out), "--device", "cpu"]) == 0
+    assert calls == [(src, "cpu")]
+    meta = json.loads((out / "attack.json").read_text())
+    assert meta["source_kind"] == "defense" and meta["dataset"] == "mnist-5k"
+
+
+def test_attack_cli_dataset_defaults_and_eco(source_dir, tmp_path):
+    out = tmp_path / "eco"
+    assert run(["attack", "--source", str(source_dir), "--attack", "eco", "--eps", "0.3",
+                "--max-queries", "30", "--n", "3", "--out", str(out), "--device", "cpu"]) == 0
+    meta = json.loads((out / "attack.json").read_text())
+    assert meta["params"]["block_size"] == 2                   # paper's MNIST block size
+    assert meta["queries"] == [30, 30, 30] and meta["n_queries"] == 90
+    out = tmp_path / "l2"
+    assert run(["attack", "--source", str(source_dir), "--attack", "mim-l2", "--eps", "0.3",
+                "--steps", "1", "--n", "2", "--out", str(out), "--device", "cpu"]) == 0
+    assert json.loads((out / "attack.json").read_text())["params"]["eps_l2"] == 30.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--attack", "nope"], "unknown attack 'nope'"),
+    (["--eps", "1.5"], "must be in [0, 1]"),
+    (["--eps", "-0.1"], "must be in [0, 1]"),
+    (["--n", "5000"], "larger than the mnist-5k test set"),
+    (["--mu", "0.5", "--attack", "spsa"], "--mu does not apply to spsa"),
+    (["--samples", "3", "--attack", "spsa"], "samples must be even"),
+])
+def test_attack_cli_errors(args, message, source_dir, tmp_path, capsys):
+    base = {"--source": str(source_dir), "--attack": "fgsm", "--eps": "0.1", "--n": "2",
+            "--out": str(tmp_path / "o"), "--device": "cpu"}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    argv = ["attack"] + [s for kv in base.items() for s in kv]
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_attack_cli_bad_source_and_out(source_dir, tmp_path, capsys):
+    common = ["--attack", "fgsm", "--eps", "0.1", "--n", "2", "--device", "cpu"]
+    assert run(["attack", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                *common]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run(["attack", "--source", str(empty), "--out", str(tmp_path / "o"), *common]) == 2
+    assert "neither model.json nor defense.json" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text("{not json")
+    assert run(["attack", "--source", str(broken), "--out", str(tmp_path / "o"), *common]) == 2
+    assert "not readable JSON" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert run(["attack", "--source", str(source_dir), "--out", str(blocker / "sub"),
+                *common]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be written" in err and err.count("\n") == 1
+
+
+def test_attack_cli_subprocess_error_is_one_line(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "luring.cli.main", "attack", "--source", str(tmp_path / "none"),
+         "--attack", "pgd", "--eps", "0.3", "--n", "1", "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120, cwd=root, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("luring: error:") and proc.stderr.count("\n") == 1
