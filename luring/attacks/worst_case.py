@@ -70,8 +70,9 @@ class WorstCaseResult:
     ``settings``: per-setting summaries in search order. ``best_index``/``best``: the best
     setting for the adversary; ``best_x_adv`` and ``best_m_correct``, ``best_t_correct``,
     ``best_agree``, ``best_defended`` its examples and booleans. ``ac_m_all`` (M correct under
-    every setting) and ``defended_all`` (defended under every setting) are the per-example
-    worst case; ``ac_m_worst`` and ``dac_worst`` their means."""
+    every setting), ``ac_mop_all`` (T correct under every setting) and ``defended_all``
+    (defended under every setting) are the per-example worst case; ``ac_m_worst`` and
+    ``dac_worst`` their means."""
 
     settings: list[SettingResult]
     best_index: int
@@ -82,6 +83,7 @@ class WorstCaseResult:
     best_defended: torch.Tensor
     ac_m_all: torch.Tensor
     defended_all: torch.Tensor
+    ac_mop_all: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -160,6 +162,7 @@ def worst_case_search(source: nn.Module, target: nn.Module, x: torch.Tensor, y: 
     best: tuple[float, float, int] | None = None
     best_data: tuple[torch.Tensor, ...] = ()
     ac_m_all = torch.ones(len(x), dtype=torch.bool)
+    ac_mop_all = torch.ones(len(x), dtype=torch.bool)
     defended_all = torch.ones(len(x), dtype=torch.bool)
     bar = _progress_iter(attacks, progress)
     for i, atk in enumerate(bar):
@@ -171,13 +174,14 @@ def worst_case_search(source: nn.Module, target: nn.Module, x: torch.Tensor, y: 
         rates = [float(b.float().mean()) if n else float("nan") for b in (t_ok, m_ok, defended)]
         results.append(SettingResult(atk.name, atk.params(), *rates, n=n))
         ac_m_all &= m_ok
+        ac_mop_all &= t_ok
         defended_all &= defended
         key = (rates[2], rates[1], i)
         if best is None or key < best:
             best, best_data = key, (x_adv, m_ok, t_ok, agree, defended)
     assert best is not None
     return WorstCaseResult(results, best[2], *best_data, ac_m_all=ac_m_all,
-                           defended_all=defended_all,
+                           defended_all=defended_all, ac_mop_all=ac_mop_all,
                            meta={"eps": eps, "steps": steps, "mu": mu, "alpha": alpha,
                                  "seed": seed, "use_labels": use_labels})
 

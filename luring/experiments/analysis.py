@@ -1,0 +1,79 @@
+"""The paper's complementary analyses: CW-L2 distortion (table 9, figure 3 left), the logits
+analysis Ω_c (eq. 5, table 10) and the saliency maps ∇ₓP(x) (figure 3 right).
+
+Each runs on test images correctly classified by M and every T (the first seed's models).
+Units: ``distortion/<model>``, ``logits/<approach>``, ``saliency/all``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from luring.experiments.common import make_attack, predict, unit_seed
+from luring.experiments.store import RunDir
+from luring.metrics import (
+    component_saliency,
+    distortion_summary,
+    input_saliency,
+    logit_gradients,
+    omega,
+    omega_comparison,
+)
+from luring.utils import progress
+
+__all__ = ["run_distortion", "run_logits", "run_saliency"]
+
+
+def run_distortion(run: RunDir, target: torch.nn.Module, defenses: dict[str, Any],
+                   x: torch.Tensor, y: torch.Tensor, settings: dict[str, Any],
+                   seed: int) -> list[dict[str, Any]]:
+    """CW-L2 on M and on each T: table-9 rows ``{"model", "n", "n_success", "success_rate",
+    "mean_l2", "mean_linf", "mean_l0", "l0"}`` (means over successful examples)."""
+    cfg = settings["distortion"]
+    models = {"target": target} | {a: d.augmented for a, d in defenses.items()}
+    rows = []
+    for name, model in progress(list(models.items()), desc="distortion", unit="model"):
+        def craft(model=model, name=name):
+            attack = make_attack("cw-l2", model, 1.0, cfg, unit_seed(seed, "cw", name))
+            x_adv = attack(x, y)
+            return {"x_adv": x_adv, "success": predict(model, x_adv) != y}, \
+                {"params": attack.params()}
+
+        data, _ = run.unit("distortion", name, craft)
+        rows.append({"model": name} | distortion_summary(data["x_adv"], x, data["success"]))
+    return rows
+
+
+def run_logits(run: RunDir, target: torch.nn.Module, defenses: dict[str, Any],
+               x: torch.Tensor, settings: dict[str, Any]) -> dict[str, Any]:
+    """Ω_c per approach and class, and table 10: for each class, the share of examples where
+    Ω_c is higher for luring than for the other approaches."""
+    grad_m = None
+    omegas: dict[str, torch.Tensor] = {}
+    for name, d in progress(list(defenses.items()), desc="logits", unit="model"):
+        def compute(d=d):
+            nonlocal grad_m
+            if grad_m is None:
+                grad_m = logit_gradients(target, x)
+            return {"omega": omega(grad_m, logit_gradients(d.augmented, x))}, {}
+
+        omegas[name] = run.unit("logits", name, compute)[0]["omega"]
+    mean = {a: o.double().mean(0).tolist() for a, o in omegas.items()}
+    out: dict[str, Any] = {"n": len(x), "mean_omega": mean}
+    if "luring" in omegas and len(omegas) > 1:
+        out["rates"] = omega_comparison(omegas, ref="luring")
+    return out
+
+
+def run_saliency(run: RunDir, target: torch.nn.Module, defenses: dict[str, Any],
+                 x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Figure 3 (right): the clean images, ∇ₓCE(M(x), y) and ∇ₓP(x) for each approach."""
+    def compute():
+        maps = {"image": x, "input_gradient": input_saliency(target, x, y)}
+        for name, d in defenses.items():
+            maps[f"component_{name}"] = component_saliency(d.component, x)
+        return maps, {}
+
+    return run.unit("saliency", "all", compute)[0]

@@ -1,0 +1,93 @@
+"""Pieces every experiment shares: predictions in batches, the seeded choice of test images,
+the attack factory and per-unit seeds."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from luring.experiments.profiles import step_size
+
+__all__ = ["predict", "select_images", "unit_seed", "make_attack", "aggregate", "ATTACK_NAMES"]
+
+ATTACK_NAMES = ("fgsm", "pgd", "mim", "mim-l2", "spsa", "eco", "cw-l2")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Top-1 labels (N,) int64 on CPU of ``model`` (eval mode) for images x (N, C, H, W)."""
+    dev = next(model.parameters()).device
+    out = [model(x[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+def unit_seed(seed: int, *parts: object) -> int:
+    """A seed for one unit derived from the run seed and the unit's name, so that a unit's
+    randomness does not depend on which units ran before it in the same process."""
+    h = hashlib.sha256(("/".join(map(str, (seed, *parts)))).encode()).digest()
+    return int.from_bytes(h[:4], "little")
+
+
+def select_images(x: torch.Tensor, y: torch.Tensor, models: list[nn.Module], n: int,
+                  seed: int) -> torch.Tensor:
+    """Indices (≤ n, int64) of test images that every model in ``models`` classifies
+    correctly, taken in a seeded random order (test splits may be ordered by class)."""
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    ok = torch.ones(len(x), dtype=torch.bool)
+    for m in models:
+        ok &= predict(m, x) == y
+    return order[ok[order]][:n]
+
+
+def make_attack(name: str, model: nn.Module, eps: float, params: dict[str, Any], seed: int):
+    """Build attack ``name`` on ``model`` from a profile's parameters (the profile names
+    step sizes ``step_size``/``step_size_l2`` and SPSA's iteration count ``iterations``)."""
+    from luring import attacks as A
+
+    steps = int(params.get("steps", 1))
+    if name == "fgsm":
+        return A.FGSM(model, eps=eps, seed=seed)
+    if name in ("pgd", "mim"):
+        cls = A.PGD if name == "pgd" else A.MIM
+        extra = {"mu": params.get("mu", 1.0)} if name == "mim" else {}
+        return cls(model, eps=eps, steps=steps, alpha=step_size(params["step_size"], eps, steps),
+                   seed=seed, **extra)
+    if name == "mim-l2":
+        return A.MIM(model, eps=eps, norm="l2", eps_l2=params["eps_l2"], steps=steps,
+                     mu=params.get("mu", 1.0), alpha=float(params["step_size_l2"]), seed=seed)
+    if name == "spsa":
+        return A.SPSA(model, eps=eps, steps=params["iterations"], samples=params["samples"],
+                      delta=params["delta"], lr=params["lr"], seed=seed)
+    if name == "eco":
+        return A.ECO(model, eps=eps, max_queries=params["max_queries"],
+                     block_size=params["block_size"], seed=seed)
+    if name == "cw-l2":
+        return A.CWL2(model, binary_steps=params["binary_steps"], steps=params["iterations"],
+                      lr=params["lr"], const=params["initial_const"], seed=seed)
+    raise ValueError(f"unknown attack {name!r}")
+
+
+def aggregate(experiment: str, approach: str, attack: str, eps: float,
+               per_seed: list[dict[str, Any]], extra: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """One results row from per-seed Rates: value = mean over seeds; ``n`` and ``ci`` from the
+    first seed; ``std`` when there are several seeds."""
+    row: dict[str, Any] = {"experiment": experiment, "approach": approach, "attack": attack,
+                           "eps": eps, "n": None, "ac_mop": None, "ac_m": None, "dac": None,
+                           "dr": None, "iar": None, "ci": {}}
+    for key in per_seed[0]:
+        vals = [r[key].value for r in per_seed]
+        vals = [v for v in vals if v is not None]
+        row[key] = sum(vals) / len(vals) if vals else None
+        row["n"] = per_seed[0][key].n if row["n"] is None else row["n"]
+        row["ci"][key] = [per_seed[0][key].ci_low, per_seed[0][key].ci_high]
+        if len(per_seed) > 1 and vals:
+            mean = row[key]
+            row.setdefault("std", {})[key] = (sum((v - mean) ** 2 for v in vals)
+                                              / max(len(vals) - 1, 1)) ** 0.5
+    if extra:
+        row.update(extra)
+    return row

@@ -1,0 +1,99 @@
+"""Section 4: the luring effect as a defense (tables 1 and 14).
+
+On test images that M and every T classify correctly, each approach's T is attacked with
+SPSA, ECO and MIM-W (the worst-case search over MIM, DIM, MIM-TI and DIM-TI settings) at the
+three ε; the examples are transferred to M. Rows give AC_{M∘P}, AC_M and DAC; ``mim-w`` is the
+single setting best for the adversary, ``worst-case`` the per-example worst case over every
+attack and setting (an example counts as defended only if it survives all of them).
+Units: (seed, approach, spsa|eco, ε) and (seed, approach, mim-w, ε).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from luring.experiments.common import aggregate, make_attack, predict, unit_seed
+from luring.experiments.profiles import step_size
+from luring.experiments.store import RunDir
+from luring.metrics import correct, dac_ok, rate, worst_case
+from luring.utils import progress
+
+__all__ = ["run_defend", "mimw_settings"]
+
+
+def mimw_settings(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The MIM-W grid of a profile (see :func:`luring.attacks.default_settings`)."""
+    from luring.attacks import default_settings
+
+    return default_settings(tuple(cfg["p_values"]), tuple(cfg["kernel_sizes"]))
+
+
+def _mimw_unit(model, target, x, y, eps, cfg, seed):
+    """Run the MIM-W grid; keep the best setting's per-example booleans and the per-example
+    AND over all settings."""
+    from luring.attacks import worst_case_search
+
+    steps = int(cfg["steps"])
+    res = worst_case_search(model, target, x, y, eps, steps=steps, mu=cfg["mu"],
+                            alpha=step_size(cfg["step_size"], eps, steps),
+                            settings=mimw_settings(cfg), seed=seed, progress=False)
+    best = res.best
+    tensors = {"best_t_ok": res.best_t_correct, "best_m_ok": res.best_m_correct,
+               "best_defended": res.best_defended, "t_ok_all": res.ac_mop_all,
+               "m_ok_all": res.ac_m_all, "defended_all": res.defended_all}
+    return tensors, {"best": {"attack": best.attack} | best.params,
+                     "per_setting": [vars(r) for r in res.settings]}
+
+
+def run_defend(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[int, Any]],
+               x: torch.Tensor, y: torch.Tensor, settings: dict[str, Any],
+               seed: int) -> list[dict[str, Any]]:
+    """Run (or reuse) every defend unit and return the result rows."""
+    cfg = settings["defend"]
+    seeds = sorted(next(iter(defenses.values())).keys()) if defenses else []
+    units = [(s, a, atk, e) for s in seeds for a in defenses for e in settings["eps"]
+             for atk in ("spsa", "eco", "mim-w")]
+    out: dict[tuple, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
+    for s, a, atk, e in progress(units, desc="defend", unit="unit"):
+        model = defenses[a][s].augmented
+        useed = unit_seed(seed, s, a, atk, e)
+        if atk == "mim-w":
+            def craft(m=model, e=e, u=useed):
+                return _mimw_unit(m, target, x, y, e, cfg["mim_w"], u)
+        else:
+            def craft(m=model, atk=atk, e=e, u=useed):
+                attack = make_attack(atk, m, e, cfg[atk], u)
+                x_adv = attack(x, y)
+                t, mp = predict(m, x_adv), predict(target, x_adv)
+                return ({"t_ok": correct(t, y), "m_ok": correct(mp, y),
+                         "defended": dac_ok(t, mp, y)},
+                        {"params": attack.params(), "queries": attack.n_queries})
+        out[(s, a, atk, e)] = run.unit("defend", f"s{s}-{a}-{atk}-eps{e}", craft)
+    rows = []
+    for a in defenses:
+        for e in settings["eps"]:
+            per: dict[str, list] = {k: [] for k in ("spsa", "eco", "mim-w", "worst-case")}
+            chosen = []
+            for s in seeds:
+                sp, ec = out[(s, a, "spsa", e)][0], out[(s, a, "eco", e)][0]
+                mw, mw_meta = out[(s, a, "mim-w", e)]
+                for name, u in (("spsa", sp), ("eco", ec)):
+                    per[name].append(_rates(u["t_ok"], u["m_ok"], u["defended"]))
+                per["mim-w"].append(_rates(mw["best_t_ok"], mw["best_m_ok"], mw["best_defended"]))
+                chosen.append(mw_meta["best"])
+                per["worst-case"].append(_rates(
+                    worst_case([sp["t_ok"], ec["t_ok"], mw["t_ok_all"]]),
+                    worst_case([sp["m_ok"], ec["m_ok"], mw["m_ok_all"]]),
+                    worst_case([sp["defended"], ec["defended"], mw["defended_all"]])))
+            for atk, vals in per.items():
+                extra = {"setting": chosen[0], "settings_per_seed": chosen} if atk == "mim-w" \
+                    else None
+                rows.append(aggregate("defend", a, atk, e, vals, extra))
+    return rows
+
+
+def _rates(t_ok: torch.Tensor, m_ok: torch.Tensor, defended: torch.Tensor) -> dict[str, Any]:
+    """AC_{M∘P}, AC_M and DAC from per-example booleans."""
+    return {"ac_mop": rate(t_ok), "ac_m": rate(m_ok), "dac": rate(defended)}

@@ -1,0 +1,131 @@
+"""Experiment profiles: the paper's protocol (``paper``), a cut-down one that fits
+``luring demo`` in 10 minutes on a 2-core CPU (``quick``), and a seconds-long one for tests
+(``smoke``). A profile is a plain dict; :func:`resolve_profile` returns the fully resolved
+settings for a data set family, which every run writes to ``config.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from luring.errors import LuringError
+
+__all__ = ["PROFILES", "resolve_profile", "APPROACHES", "differences_from_paper"]
+
+APPROACHES = ("stack", "auto", "ce", "luring")
+
+_EPS = {"mnist": [0.2, 0.3, 0.4], "svhn": [0.03, 0.06, 0.08], "cifar10": [0.02, 0.03, 0.04]}
+_L2_BOUND = {"mnist": 30.0, "svhn": 2.0, "cifar10": 2.0}
+_MIMW_STEPS = {"mnist": 1000, "svhn": 500, "cifar10": 100}
+_ECO_BLOCK = {"mnist": 2, "svhn": 8, "cifar10": 4}
+_P_GRID = [round(0.1 * i, 1) for i in range(1, 11)]
+_K_GRID = [3, 5, 10, 15]
+
+
+def _paper(family: str) -> dict[str, Any]:
+    return {
+        "approaches": list(APPROACHES) if family != "cifar10" else ["stack", "ce", "luring"],
+        "eps": list(_EPS[family]),
+        "target": {},  # train-target defaults (appendix A)
+        "defense": {},  # defense_settings(family, method, "paper") (appendix B)
+        "defense_train_images": None,  # all training images (smoke: a subset, for tests)
+        # test images attacked: those every model classifies correctly (smoke: M alone,
+        # since its one-epoch defenses are too weak to share enough correct images)
+        "images_correct_for": "all",
+        "characterize": {"n": 1000, "steps": 1000, "step_size": 0.01, "mu": 1.0,
+                         "eps_l2": _L2_BOUND[family], "step_size_l2": 0.01},
+        "defend": {"n": 1000,
+                   "spsa": {"iterations": 100, "samples": 128, "delta": 0.01, "lr": 0.1},
+                   "eco": {"max_queries": 20000, "block_size": _ECO_BLOCK[family]},
+                   "mim_w": {"steps": _MIMW_STEPS[family], "step_size": 0.01, "mu": 1.0,
+                             "p_values": _P_GRID, "kernel_sizes": _K_GRID}},
+        "distortion": {"n": 1000, "binary_steps": 10, "iterations": 500, "lr": 0.1,
+                       "initial_const": 0.5},
+        "logits": {"n": 1000},
+        "saliency": {"n": 3},
+    }
+
+
+def _quick(family: str) -> dict[str, Any]:
+    p = _paper(family)
+    p["target"] = {"epochs": 3}
+    p["characterize"].update(n=100, steps=10, step_size="2.5*eps/steps", step_size_l2=2.0)
+    p["defend"].update(n=50)
+    p["defend"]["spsa"].update(iterations=10, samples=32)
+    p["defend"]["eco"].update(max_queries=300)
+    p["defend"]["mim_w"].update(steps=10, step_size="2.5*eps/steps", p_values=[0.5, 1.0],
+                                kernel_sizes=[5, 10])
+    p["distortion"].update(n=30, binary_steps=4, iterations=30)
+    p["logits"].update(n=100)
+    return p
+
+
+def _smoke(family: str) -> dict[str, Any]:
+    p = _quick(family)
+    p["target"] = {"epochs": 1}
+    p["defense"] = {"epochs": 1}
+    p["defense_train_images"] = 600
+    p["images_correct_for"] = "target"
+    p["characterize"].update(n=12, steps=2)
+    p["defend"].update(n=8)
+    p["defend"]["spsa"].update(iterations=2, samples=8)
+    p["defend"]["eco"].update(max_queries=24)
+    p["defend"]["mim_w"].update(steps=2, p_values=[1.0], kernel_sizes=[5])
+    p["distortion"].update(n=6, binary_steps=2, iterations=5)
+    p["logits"].update(n=8)
+    p["saliency"].update(n=2)
+    return p
+
+
+PROFILES = {"paper": _paper, "quick": _quick, "smoke": _smoke}
+
+
+def resolve_profile(name: str, family: str) -> dict[str, Any]:
+    """The fully resolved settings of profile ``name`` for data set ``family``."""
+    if name not in PROFILES:
+        raise LuringError(f"unknown profile {name!r}; choose one of: paper, quick, smoke")
+    if family not in _EPS:
+        raise LuringError(f"no experiment protocol for data set family {family!r}")
+    out = copy.deepcopy(PROFILES[name](family))
+    out["profile"] = name
+    out["family"] = family
+    return out
+
+
+def step_size(spec: float | str, eps: float, steps: int) -> float:
+    """A step size given as a number or as the formula ``"2.5*eps/steps"`` (Madry et al.'s
+    rule, used when a profile cuts the number of iterations)."""
+    if isinstance(spec, str):
+        if spec != "2.5*eps/steps":
+            raise LuringError(f"unknown step-size rule {spec!r}")
+        return 2.5 * eps / max(steps, 1)
+    return float(spec)
+
+
+def differences_from_paper(settings: dict[str, Any], dataset: str) -> list[str]:
+    """Human-readable list of where ``settings`` depart from the paper's protocol."""
+    paper = _paper(settings["family"])
+    out: list[str] = []
+    if dataset == "mnist-5k":
+        out.append("data: mnist-5k (4,000 training / 1,000 test real MNIST digits) instead of "
+                   "full MNIST (60,000 / 10,000)")
+
+    if settings.get("defense_train_images"):
+        out.append(f"each P trained on {settings['defense_train_images']} training images only")
+    if settings.get("images_correct_for") != "all":
+        out.append("attacked test images are those M classifies correctly (paper: M and every T)")
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in a:
+                if k in b:
+                    walk(a[k], b[k], f"{path}.{k}" if path else k)
+                else:
+                    out.append(f"{path}.{k} = {a[k]} (overrides the paper's default)")
+        elif a != b:
+            out.append(f"{path} = {a} (paper: {b})")
+
+    for key in ("target", "defense", "characterize", "defend", "distortion", "logits"):
+        walk(settings.get(key, {}), paper.get(key, {}), key)
+    return out
