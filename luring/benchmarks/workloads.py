@@ -1,0 +1,378 @@
+"""The benchmark's contenders: luring's attacks and trainers and the bare loops they are
+compared with, all on one model, batch and device.
+
+A :class:`Contender` is a name, a unit and a ``run()`` that does one repetition of work and
+returns how much it did (images, image-iterations or queries), so throughput is
+``work / seconds``. Everything a contender needs is made when it is built (models, inputs,
+the forward batch sizes an attack uses), so ``run()`` times only the work itself.
+
+Models: M is the paper's MNIST target (``mnist-target``, table 2), trained one epoch on
+mnist-5k with :func:`luring.models.train.train_target` unless the config says otherwise;
+P is ``mnist-component`` (table 5) with random weights (speed does not depend on them);
+T = M∘P. M and P are in eval mode with frozen parameters for every contender (what the
+attacks do themselves), so all contenders see the same model state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from luring.benchmarks.config import BenchConfig
+from luring.models import Stacked, build
+
+__all__ = ["Contender", "Env", "build_env", "build_contender", "CONTENDERS", "frozen",
+           "record_forward_sizes", "attack_batch"]
+
+
+@dataclass
+class Contender:
+    """One thing to time: ``run()`` does one repetition and returns its work count.
+    ``group``: the contenders it is compared with (scheduled together, see
+    :mod:`luring.benchmarks.timing`). ``notes``: extra per-run measurements a run appends
+    (``train_p``: ``loop_seconds``, the trainer's own optimisation-loop time)."""
+
+    name: str
+    group: str
+    unit: str
+    description: str
+    run: Callable[[], float]
+    notes: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class Env:
+    """What every contender shares: config, device, seed, M, P, inputs and the forward batch
+    sizes recorded from the query attacks (``sizes[name]``)."""
+
+    cfg: BenchConfig
+    device: torch.device
+    seed: int
+    target: nn.Module
+    component: nn.Module
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    target_info: dict[str, Any] = field(default_factory=dict)
+    sizes: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def augmented(self) -> nn.Module:
+        """T = M∘P (eval mode, frozen)."""
+        return Stacked(self.component, self.target).eval()
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with ``requires_grad=False`` parameters (returned)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _seeded_build(arch: str, seed: int) -> nn.Module:
+    """``build(arch)`` with weights drawn from ``seed`` (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build(arch)
+
+
+def build_env(cfg: BenchConfig, device: torch.device, seed: int = 0, *,
+              target_state: dict[str, torch.Tensor] | None = None,
+              sizes: dict[str, list[int]] | None = None,
+              log: Callable[[str], None] | None = None) -> Env:
+    """Load mnist-5k, make M (``target_state`` if given, else trained or random per
+    ``cfg.train_target``) and a random P, all on ``device``."""
+    from luring.data import load
+    from luring.models.train import evaluate_accuracy, target_settings, train_target
+
+    x_tr, y_tr = load("mnist-5k", "train")
+    x_te, y_te = load("mnist-5k", "test")
+    info: dict[str, Any] = {"architecture": "mnist-target", "component": "mnist-component"}
+    if target_state is not None:
+        target = build("mnist-target")
+        target.load_state_dict(target_state)
+        info["weights"] = "given"
+    elif cfg.train_target:
+        n = cfg.target_train_images or len(x_tr)
+        if log:
+            log(f"training M (mnist-target) on {n} mnist-5k images, 1 epoch")
+        t0 = time.perf_counter()
+        target, _ = train_target(x_tr[:n], y_tr[:n], target_settings("mnist", epochs=1),
+                                 seed=seed, device=device)
+        info.update(weights="trained", train_images=n, epochs=1,
+                    train_seconds=time.perf_counter() - t0)
+    else:
+        target = _seeded_build("mnist-target", seed)
+        info["weights"] = "random"
+    target = frozen(target.to(device))
+    if target_state is None:
+        info["test_accuracy"] = evaluate_accuracy(target, x_te, y_te)
+        info["n_test"] = len(x_te)
+    component = frozen(_seeded_build("mnist-component", seed + 1).to(device))
+    return Env(cfg, device, seed, target, component, x_te, y_te, x_tr, y_tr, info,
+               dict(sizes or {}))
+
+
+def record_forward_sizes(model: nn.Module, fn: Callable[[], Any]) -> list[int]:
+    """Run ``fn()`` and return the batch size of every forward call of ``model`` in order."""
+    sizes: list[int] = []
+    handle = model.register_forward_pre_hook(lambda _m, args: sizes.append(len(args[0])))
+    try:
+        fn()
+    finally:
+        handle.remove()
+    return sizes
+
+
+def attack_batch(env: Env, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` test images (repeated if needed) and labels, on the device."""
+    reps = -(-n // len(env.x_test))
+    x = env.x_test.repeat(reps, 1, 1, 1)[:n].to(env.device)
+    y = env.y_test.repeat(reps)[:n].to(env.device)
+    return x, y
+
+
+# ---- gradient group ---------------------------------------------------------------------
+def _bare_fwd_bwd(env: Env, model: nn.Module) -> Callable[[], float]:
+    x, y = attack_batch(env, env.cfg.batch)
+
+    def run() -> float:
+        for _ in range(env.cfg.passes):
+            xx = x.detach().requires_grad_(True)
+            loss = F.cross_entropy(model(xx), y, reduction="sum")
+            torch.autograd.grad(loss, xx)
+        return float(len(x) * env.cfg.passes)
+
+    return run
+
+
+def _bare_loop(env: Env) -> Callable[[], float]:
+    """The plain iterative attack: requires_grad, CE, autograd.grad, sign step, clamp."""
+    x, y = attack_batch(env, env.cfg.batch)
+    model, eps, alpha = env.target, env.cfg.eps, env.cfg.alpha
+
+    def run() -> float:
+        x_adv = x.clone()
+        for _ in range(env.cfg.steps):
+            x_adv.requires_grad_(True)
+            loss = F.cross_entropy(model(x_adv), y, reduction="sum")
+            (g,) = torch.autograd.grad(loss, x_adv)
+            x_adv = x_adv.detach() + alpha * g.sign()
+            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
+        return float(len(x) * env.cfg.steps)
+
+    return run
+
+
+def _gradient_attack(env: Env, name: str) -> Callable[[], float]:
+    from luring.attacks import DIMTI, MIM, PGD
+
+    cls = {"pgd": PGD, "mim": MIM, "dimti": DIMTI}[name]
+    atk = cls(env.target, eps=env.cfg.eps, steps=env.cfg.steps, alpha=env.cfg.alpha,
+              seed=env.seed)
+    x, y = attack_batch(env, env.cfg.batch)
+
+    def run() -> float:
+        atk(x, y)
+        return float(len(x) * atk.n_backward)
+
+    return run
+
+
+# ---- query group ------------------------------------------------------------------------
+def _spsa(env: Env) -> Callable[[], float]:
+    from luring.attacks import SPSA
+
+    c = env.cfg
+    atk = SPSA(env.target, eps=c.eps, steps=c.spsa_steps, samples=c.spsa_samples,
+               chunk_size=c.spsa_chunk, seed=env.seed)
+    x, y = attack_batch(env, c.spsa_images)
+
+    def run() -> float:
+        atk(x, y)
+        return float(atk.n_queries)
+
+    return run
+
+
+def _eco(env: Env) -> Callable[[], float]:
+    from luring.attacks import ECO
+
+    c = env.cfg
+    atk = ECO(env.target, eps=c.eps, max_queries=c.eco_queries, block_size=c.eco_block,
+              seed=env.seed)
+    x, y = attack_batch(env, c.eco_images)
+
+    def run() -> float:
+        atk(x, y)
+        return float(atk.n_queries)
+
+    return run
+
+
+def _bare_forward(env: Env, attack: str) -> Callable[[], float]:
+    """``torch.no_grad`` forwards of M on exactly the batch sizes ``attack`` used (recorded
+    once from a run of the attack, or given in ``env.sizes``)."""
+    if attack not in env.sizes:
+        make = _spsa if attack == "spsa" else _eco
+        env.sizes[attack] = record_forward_sizes(env.target, make(env))
+    sizes = env.sizes[attack]
+    gen = torch.Generator().manual_seed(env.seed)
+    buf = torch.rand(max(sizes, default=1), *env.x_test.shape[1:], generator=gen).to(env.device)
+    model = env.target
+
+    def run() -> float:
+        with torch.no_grad():
+            for s in sizes:
+                model(buf[:s])
+        return float(sum(sizes))
+
+    return run
+
+
+# ---- training group ---------------------------------------------------------------------
+def _p_settings(env: Env) -> dict[str, Any]:
+    """The quick luring profile for MNIST with the benchmark's epochs and batch size, no
+    augmentation (the bare step has none) and no held-out evaluation."""
+    from luring.defense.settings import defense_settings, resolve_settings
+
+    s = defense_settings("mnist", "luring", "quick")
+    s["augment"] = None
+    return resolve_settings(s, epochs=env.cfg.p_epochs, batch_size=env.cfg.p_batch,
+                            val_fraction=0.0)
+
+
+def _epoch_batches(n: int, b: int) -> list[tuple[int, int]]:
+    """(start, stop) of the batches the trainer's loader yields per epoch (a final batch of
+    one image is dropped, as :class:`luring.defense.train.ImageBatches` does)."""
+    out = [(i, min(i + b, n)) for i in range(0, n, b)]
+    return [r for r in out if r[1] - r[0] > 1]
+
+
+def _train_p(env: Env, notes: dict[str, list[float]]) -> Callable[[], float]:
+    from luring.defense.train import train_defense
+
+    s = _p_settings(env)
+    x = env.x_train[:env.cfg.train_images]
+    images = sum(b - a for a, b in _epoch_batches(len(x), s["batch_size"])) * s["epochs"]
+    loop = notes.setdefault("loop_seconds", [])
+
+    def run() -> float:
+        res = train_defense(env.target, x, method="luring", settings=s, seed=env.seed,
+                            device=env.device)
+        # the trainer's own clock: its optimisation loop, without the set-up before it
+        # (M's logits on every training image, P's construction and initialisation)
+        loop.append(float(res.history[-1]["seconds"]))
+        return float(images)
+
+    return run
+
+
+def _bare_step_p(env: Env) -> Callable[[], float]:
+    """Plain Adam steps on P through T = M∘P with the luring loss; M's logits precomputed."""
+    from luring.defense.loss import luring_loss
+
+    s = _p_settings(env)
+    x = env.x_train[:env.cfg.train_images].to(env.device)
+    with torch.no_grad():
+        m_logits = env.target(x)
+    batches = _epoch_batches(len(x), s["batch_size"])
+    lam, lr = float(s["lambda"]), float(s["lr"])
+
+    def run() -> float:
+        comp = _seeded_build("mnist-component", env.seed).to(env.device).train()
+        t = Stacked(comp, env.target)
+        opt = torch.optim.Adam(comp.parameters(), lr=lr)
+        for _ in range(s["epochs"]):
+            for a, b in batches:
+                opt.zero_grad(set_to_none=True)
+                luring_loss(t(x[a:b]), m_logits[a:b], lam).backward()
+                opt.step()
+        return float(sum(b - a for a, b in batches) * s["epochs"])
+
+    return run
+
+
+def _train_m(env: Env) -> Callable[[], float]:
+    from luring.models.train import target_settings, train_target
+
+    c = env.cfg
+    x, y = env.x_train[:c.train_images], env.y_train[:c.train_images]
+    settings = target_settings("mnist", epochs=c.m_epochs, batch_size=c.m_batch)
+
+    def run() -> float:
+        train_target(x, y, settings, seed=env.seed, device=env.device)
+        return float(len(x) * c.m_epochs)
+
+    return run
+
+
+def _bare_step_m(env: Env) -> Callable[[], float]:
+    """Plain Adam steps on a fresh M with cross-entropy (lr 1e-3, the paper's)."""
+    c = env.cfg
+    x = env.x_train[:c.train_images].to(env.device)
+    y = env.y_train[:c.train_images].to(env.device)
+
+    def run() -> float:
+        model = _seeded_build("mnist-target", env.seed).to(env.device).train()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(c.m_epochs):
+            for i in range(0, len(x), c.m_batch):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(x[i:i + c.m_batch]), y[i:i + c.m_batch]).backward()
+                opt.step()
+        return float(len(x) * c.m_epochs)
+
+    return run
+
+
+#: name → (group, unit, description, builder(env) -> run; None: built in build_contender)
+CONTENDERS: dict[str, tuple[str, str, str, Callable[[Env], Callable[[], float]] | None]] = {
+    "bare_fwd_bwd_m": ("fwd_bwd", "images/s", "bare forward+backward (input gradient) of M",
+                       lambda e: _bare_fwd_bwd(e, e.target)),
+    "bare_fwd_bwd_t": ("fwd_bwd", "images/s", "bare forward+backward (input gradient) of "
+                       "T = M∘P", lambda e: _bare_fwd_bwd(e, e.augmented)),
+    "bare_loop": ("gradient", "image-iterations/s", "plain sign-gradient loop on M "
+                  "(requires_grad, CE, autograd.grad, sign step, clamp)", _bare_loop),
+    "pgd": ("gradient", "image-iterations/s", "luring.attacks.PGD on M",
+            lambda e: _gradient_attack(e, "pgd")),
+    "mim": ("gradient", "image-iterations/s", "luring.attacks.MIM on M",
+            lambda e: _gradient_attack(e, "mim")),
+    "dimti": ("gradient", "image-iterations/s", "luring.attacks.DIMTI on M",
+              lambda e: _gradient_attack(e, "dimti")),
+    "spsa": ("spsa", "queries/s", "luring.attacks.SPSA on M (n_queries)", _spsa),
+    "bare_forward_spsa": ("spsa", "queries/s", "no_grad forwards of M on SPSA's batch sizes",
+                          lambda e: _bare_forward(e, "spsa")),
+    "eco": ("eco", "queries/s", "luring.attacks.ECO on M (n_queries)", _eco),
+    "bare_forward_eco": ("eco", "queries/s", "no_grad forwards of M on ECO's batch sizes",
+                         lambda e: _bare_forward(e, "eco")),
+    "train_p": ("train_p", "images/s", "luring.defense.train_defense (luring loss), P of "
+                "T = M∘P, M frozen", None),
+    "bare_step_p": ("train_p", "images/s", "plain Adam step on P, luring loss through M∘P",
+                    _bare_step_p),
+    "train_m": ("train_m", "images/s", "luring.models.train.train_target (M, CE)", _train_m),
+    "bare_step_m": ("train_m", "images/s", "plain Adam step on M with CE", _bare_step_m),
+}
+
+
+def build_contender(name: str, env: Env) -> Contender:
+    """The contender ``name`` (one of :data:`CONTENDERS` or a library contender)."""
+    if name == "train_p":
+        group, unit, desc, _ = CONTENDERS[name]
+        notes: dict[str, list[float]] = {}
+        return Contender(name, group, unit, desc, _train_p(env, notes), notes)
+    if name in CONTENDERS:
+        group, unit, desc, make = CONTENDERS[name]
+        return Contender(name, group, unit, desc, make(env))  # type: ignore[misc]
+    from luring.benchmarks.libraries import LIBRARY_CONTENDERS
+
+    group, unit, desc, make = LIBRARY_CONTENDERS[name]
+    return Contender(name, group, unit, desc, make(env))

@@ -1,0 +1,171 @@
+"""``luring train-defense``, ``luring detect`` and ``luring export``: the defense stage's
+commands. Labels of the training split are handed to the trainer only for ``--method stack``;
+the test split's labels are read only for the clean evaluation written at the end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from luring.cli.common import add_common, nonneg_int, pos_float, pos_int
+
+__all__ = ["register"]
+
+
+def _fraction(low: float, high: float, *, high_open: bool = False):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        ok = low <= v < high if high_open else low <= v <= high
+        if not ok:
+            raise argparse.ArgumentTypeError(
+                f"must be in [{low}, {high}{')' if high_open else ']'}, got {v}")
+        return v
+    return parse
+
+
+def register(subparsers) -> None:
+    """Add the defense commands to the ``luring`` parser."""
+    from luring.defense.settings import METHODS, PROFILES
+
+    p = subparsers.add_parser(
+        "train-defense", help="train the luring component P (or a baseline) for a target",
+        description="Train the defense component P for a trained target M (Algorithm 1 for "
+        "--method luring) on the data set's unlabelled training images, keep the checkpoint "
+        "whose T = M∘P agrees most with M on held-out images (no labels), evaluate on the test "
+        "split and write the defense directory. Defaults: the paper's settings for the data "
+        "set family (--profile paper) or the short demo settings (--profile quick).")
+    p.add_argument("--target", required=True, help="target directory (model.safetensors + "
+                   "model.json, from `luring train-target`)")
+    p.add_argument("--method", default="luring", choices=METHODS,
+                   help="luring (default), ce, auto or stack (the only one that reads labels)")
+    p.add_argument("--lambda", dest="lam", type=pos_float, default=None,
+                   help="luring coefficient λ > 0 (default 1 for MNIST/SVHN, 0.15 for CIFAR10)")
+    p.add_argument("--dataset", default=None,
+                   help="data set (default: the one the target was trained on)")
+    p.add_argument("--data-dir", default=None, help="data root (default $LURING_DATA or cache)")
+    p.add_argument("--profile", default="paper", choices=PROFILES,
+                   help="paper (appendix B/C settings, default) or quick (demo settings)")
+    p.add_argument("--epochs", type=pos_int, default=None, help="training epochs (≥ 1)")
+    p.add_argument("--batch-size", type=pos_int, default=None, help="batch size")
+    p.add_argument("--lr", type=pos_float, default=None,
+                   help="peak learning rate (the schedule is rescaled)")
+    p.add_argument("--dropout", type=_fraction(0.0, 1.0, high_open=True), default=None,
+                   help="dropout of P, in [0, 1)")
+    p.add_argument("--val-fraction", type=_fraction(0.0, 0.5), default=None,
+                   help="held-out part of the unlabelled training images used for the "
+                   "label-free checkpoint selection (default 0.1; 0 keeps the last epoch)")
+    p.add_argument("--eval-every", type=nonneg_int, default=None,
+                   help="steps between selection evaluations (default 0: once per epoch)")
+    add_common(p, out_help="defense directory to write")
+    p.set_defaults(handler=_train)
+
+    p = subparsers.add_parser(
+        "detect", help="classify inputs with T and flag those where T and M disagree",
+        description="For each input image print one JSON line {input, index, t_label, "
+        "m_label, flagged}: T's label (the answer), M's label and whether they differ (the "
+        "detection scheme of the paper, section 4.1). Inputs: PNG/JPEG files of the model's "
+        "size, or .npy/.npz arrays (N, C, H, W) or (N, H, W), uint8 0-255 or float in [0, 1].")
+    p.add_argument("--defense", required=True, help="defense directory")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or array files")
+    p.add_argument("--batch-size", type=pos_int, default=500, help="inference batch size")
+    add_common(p, out=False)
+    p.set_defaults(handler=_detect)
+
+    p = subparsers.add_parser(
+        "export", help="export the augmented model T alone (ONNX or TorchScript)",
+        description="Export T = M∘P, the model to deploy where attackers can reach it; M is "
+        "not included. ONNX needs `pip install luring[export]`.")
+    p.add_argument("--defense", required=True, help="defense directory")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript"], dest="fmt",
+                   help="onnx or torchscript")
+    add_common(p, out_help="file to write")
+    p.set_defaults(handler=_export)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import luring.data as ldata
+    from luring.defense.deploy import save_defense, staging_dir
+    from luring.defense.evaluate import evaluate_clean
+    from luring.defense.settings import defense_settings, resolve_settings
+    from luring.defense.train import train_defense
+    from luring.errors import LuringError
+    from luring.models import load_checkpoint
+    from luring.utils import resolve_device
+
+    target_dir = Path(args.target)
+    if not target_dir.is_dir():
+        raise LuringError(f"target directory {target_dir} does not exist; train one with "
+                          "`luring train-target --out DIR`")
+    if args.lam is not None and args.method != "luring":
+        raise LuringError(f"--lambda applies to --method luring only, not {args.method}")
+    device = resolve_device(args.device)
+    target, tmeta = load_checkpoint(target_dir, "model", device=device)
+    dataset = args.dataset or tmeta.get("dataset")
+    if not dataset:
+        raise LuringError(f"{target_dir}/model.json names no data set; pass --dataset")
+    spec = ldata.get_spec(dataset)
+    if tuple(tmeta["input_shape"]) != tuple(spec.shape):
+        raise LuringError(f"the target takes {tuple(tmeta['input_shape'])} images but {dataset} "
+                          f"has {spec.shape}; pass the --dataset it was trained on")
+    settings = resolve_settings(
+        defense_settings(spec.family, args.method, args.profile), epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, dropout=args.dropout,
+        val_fraction=args.val_fraction, eval_every=args.eval_every, **{"lambda": args.lam})
+    stage = staging_dir(args.out)  # fail now, not after training, if --out is unwritable
+    try:
+        x_train, y_train = ldata.load(dataset, "train", args.data_dir)
+        trained = train_defense(
+            target, x_train, method=args.method, settings=settings, family=spec.family,
+            labels=y_train if args.method == "stack" else None,
+            head_arch=tmeta["architecture"], head_kwargs=tmeta.get("arch_kwargs") or {},
+            seed=args.seed, device=device, desc=f"train-defense {args.method}")
+        x_test, y_test = ldata.load(dataset, "test", args.data_dir)
+        clean = evaluate_clean(trained, x_test, y_test)
+        config = {"command": "train-defense", "target": str(target_dir), "method": args.method,
+                  "dataset": dataset, "data_dir": args.data_dir, "profile": args.profile,
+                  "seed": args.seed, "device": str(device), "settings": settings}
+        out = save_defense(args.out, trained, target_meta=tmeta, dataset=dataset,
+                           seed=args.seed, clean=clean, target_dir=str(target_dir.resolve()),
+                           config=config, stage=stage)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    print(f"wrote {out}: {args.method} on {dataset} (n = {clean['n']} test images): "
+          f"accuracy M {100 * clean['accuracy_m']:.1f}%, T {100 * clean['accuracy_t']:.1f}%, "
+          f"agreement {100 * clean['agreement']:.1f}%, false alarms "
+          f"{100 * clean['false_alarm_rate']:.1f}%; trained in {trained.seconds:.1f} s, kept "
+          f"epoch {trained.selection.get('epoch')}")
+    return 0
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from luring.defense.deploy import load
+    from luring.defense.inputs import read_inputs
+
+    defense = load(args.defense, device=args.device)
+    batches = read_inputs(args.inputs, defense.input_shape)
+    for name, images in batches:
+        det = defense.detect(images, batch_size=args.batch_size)
+        for i in range(len(images)):
+            sys.stdout.write(json.dumps({"input": name, "index": i,
+                                         "t_label": int(det.t_label[i]),
+                                         "m_label": int(det.m_label[i]),
+                                         "flagged": bool(det.flagged[i])}) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from luring.defense.deploy import load
+    from luring.defense.export import export_augmented
+
+    defense = load(args.defense, device="cpu")
+    path = export_augmented(defense, args.fmt, args.out)
+    print(f"wrote {path}: T = M∘P ({defense.method}) as {args.fmt}, input "
+          f"(N, {', '.join(map(str, defense.input_shape))})")
+    return 0

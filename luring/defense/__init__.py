@@ -1,0 +1,42 @@
+"""The defense stage: train the luring component P for a frozen target M (T = M∘P, paper
+section 2.4, Algorithm 1), the baselines of section 3.1 (C_E, Auto, Stack), clean evaluation
+(table 8), the deployed defense with its detection scheme (section 4.1) and export of T.
+
+Main entry points: :func:`luring_loss`, :func:`defense_settings`, :func:`train_defense`,
+:func:`evaluate_clean`, :func:`save_defense`, :func:`load` (→ :class:`Defense`),
+:func:`export_augmented`.
+"""
+
+from luring.defense.deploy import FORMAT, Defense, Detection, load, save_defense
+from luring.defense.evaluate import evaluate_clean, wilson_interval
+from luring.defense.export import export_augmented
+from luring.defense.inputs import read_inputs
+from luring.defense.loss import (
+    luring_classes,
+    luring_loss,
+    reconstruction_loss,
+    soft_cross_entropy,
+)
+from luring.defense.settings import METHODS, defense_settings, resolve_settings
+from luring.defense.train import TrainedDefense, train_defense
+
+__all__ = [
+    "FORMAT",
+    "METHODS",
+    "Defense",
+    "Detection",
+    "TrainedDefense",
+    "defense_settings",
+    "evaluate_clean",
+    "export_augmented",
+    "load",
+    "luring_classes",
+    "luring_loss",
+    "read_inputs",
+    "reconstruction_loss",
+    "resolve_settings",
+    "save_defense",
+    "soft_cross_entropy",
+    "train_defense",
+    "wilson_interval",
+]

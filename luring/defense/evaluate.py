@@ -1,0 +1,93 @@
+"""Clean evaluation of a defense (the paper's table 8) and the Markdown summary.
+
+On labelled clean images: the test accuracy of M and of T = M∘P, the agreement rate (T and M
+both predict the true label, table 8's "AGREE") and the detector's false-alarm rate (T ≠ M on
+clean images: the detection scheme of section 4.1 flags them). Each rate comes with its
+Wilson 95% interval. Labels are read here only, never during training or selection.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from luring.errors import LuringError
+from luring.utils import check_images
+
+__all__ = ["evaluate_clean", "wilson_interval", "clean_table_markdown"]
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float]:
+    """Wilson score interval ``[low, high]`` of a proportion ``successes / n`` (95% by
+    default); ``[0, 1]`` when n = 0."""
+    if n <= 0:
+        return [0.0, 1.0]
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    low = 0.0 if successes <= 0 else min(p, max(0.0, centre - half))
+    high = 1.0 if successes >= n else max(p, min(1.0, centre + half))
+    return [low, high]
+
+
+def _models(defense_or_models: Any) -> tuple[nn.Module, nn.Module]:
+    if isinstance(defense_or_models, (tuple, list)) and len(defense_or_models) == 2:
+        return defense_or_models[0], defense_or_models[1]
+    if hasattr(defense_or_models, "target") and hasattr(defense_or_models, "augmented"):
+        return defense_or_models.target, defense_or_models.augmented
+    raise LuringError("evaluate_clean needs a Defense, a TrainedDefense or a (target M, "
+                      "augmented T) pair of models")
+
+
+@torch.no_grad()
+def evaluate_clean(defense_or_models: Any, x: torch.Tensor, y: torch.Tensor, *,
+                   batch_size: int = 1000) -> dict[str, Any]:
+    """Clean figures of a defense on labelled images.
+
+    ``defense_or_models``: a :class:`~luring.defense.Defense`, a
+    :class:`~luring.defense.TrainedDefense` or a pair ``(M, T)`` of modules returning (N, K)
+    logits (both are switched to eval mode). ``x``: float32 (N, C, H, W) in [0, 1]; ``y``:
+    int64 (N,). Returns ``{"n", "accuracy_m", "accuracy_t", "agreement",
+    "false_alarm_rate", "intervals": {name: [low, high]}}`` (rates in [0, 1]; agreement = T
+    and M both right; false alarm = T ≠ M).
+    """
+    target, augmented = _models(defense_or_models)
+    check_images(x, name="evaluation images")
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or len(y) != len(x):
+        raise LuringError(f"evaluation labels must be a 1-D tensor of {len(x)} labels")
+    target.eval()
+    augmented.eval()
+    dev = next(target.parameters()).device
+    counts = {"accuracy_m": 0, "accuracy_t": 0, "agreement": 0, "false_alarm_rate": 0}
+    for i in range(0, len(x), batch_size):
+        xb = x[i:i + batch_size].to(dev)
+        yb = y[i:i + batch_size].to(dev)
+        m = target(xb).argmax(1)
+        t = augmented(xb).argmax(1)
+        counts["accuracy_m"] += int((m == yb).sum())
+        counts["accuracy_t"] += int((t == yb).sum())
+        counts["agreement"] += int(((m == yb) & (t == yb)).sum())
+        counts["false_alarm_rate"] += int((t != m).sum())
+    n = len(x)
+    out: dict[str, Any] = {"n": n}
+    out.update({k: (v / n if n else 0.0) for k, v in counts.items()})
+    out["intervals"] = {k: wilson_interval(v, n) for k, v in counts.items()}
+    return out
+
+
+def clean_table_markdown(clean: dict[str, Any]) -> str:
+    """A Markdown table of :func:`evaluate_clean`'s figures (percentages, Wilson 95%)."""
+    names = [("accuracy_m", "test accuracy of M (target)"),
+             ("accuracy_t", "test accuracy of T = M∘P (augmented)"),
+             ("agreement", "agreement (T and M both right)"),
+             ("false_alarm_rate", "detector false alarms (T ≠ M)")]
+    lines = [f"Clean images: n = {clean['n']}.", "",
+             "| figure | value | Wilson 95% |", "|---|---|---|"]
+    for key, label in names:
+        lo, hi = clean.get("intervals", {}).get(key, [float("nan")] * 2)
+        lines.append(f"| {label} | {100 * clean[key]:.1f}% | [{100 * lo:.1f}, {100 * hi:.1f}] |")
+    return "\n".join(lines) + "\n"

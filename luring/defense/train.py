@@ -1,0 +1,379 @@
+"""Algorithm 1 (training the luring component P) and the shared training loop of the baselines.
+
+The loop reads unlabelled images only: :class:`ImageBatches` yields ``(images, index)``
+batches and the luring/C_E losses take M's logits, computed once per training image before
+the first step (no gradient, M in eval mode), as their only supervision. The one exception is
+the ``stack`` baseline (``luring.defense.baselines``), which is trained with labels by
+definition; ``train_defense`` reads ``labels`` only for that method.
+
+Checkpoint selection is label-free: every epoch (or every ``eval_every`` steps) T = M∘P is
+evaluated on a held-out part of the unlabelled images and the checkpoint whose predictions
+agree most with M's is kept (Auto: the lowest held-out reconstruction loss).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from luring.defense.loss import luring_loss, reconstruction_loss, soft_cross_entropy
+from luring.defense.settings import defense_settings, resolve_settings
+from luring.errors import LuringError
+from luring.models import Stacked, build, default_architectures
+from luring.utils import check_images, make_generator, progress, resolve_device
+
+__all__ = ["train_defense", "TrainedDefense", "ImageBatches", "init_parameters", "lr_at",
+           "augment_images", "predict_logits"]
+
+
+@dataclass
+class TrainedDefense:
+    """The result of :func:`train_defense`: the trained (selected) component P in eval mode,
+    for ``stack`` the retrained head, the frozen target M, the resolved settings, the
+    selection record, the per-evaluation history and the training time in seconds."""
+
+    method: str
+    target: nn.Module
+    component: nn.Module
+    head: nn.Module | None
+    settings: dict[str, Any]
+    selection: dict[str, Any]
+    history: list[dict[str, Any]]
+    seconds: float
+    component_arch: str
+    component_kwargs: dict[str, Any] = field(default_factory=dict)
+    head_arch: str | None = None
+    head_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def augmented(self) -> nn.Module:
+        """T = M∘P (``head``∘P for stack), in eval mode."""
+        return Stacked(self.component, self.head if self.head is not None else self.target).eval()
+
+
+@dataclass
+class _Plan:
+    """What a method trains: its parameters, the modules to switch to train mode, the loss of
+    one batch ``loss(images, index)``, and T for the held-out evaluation."""
+
+    params: list[nn.Parameter]
+    modules: list[nn.Module]
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    augmented: nn.Module
+    head: nn.Module | None = None
+    head_arch: str | None = None
+    head_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def init_parameters(module: nn.Module, scheme: str, generator: torch.Generator) -> nn.Module:
+    """Re-initialise every Conv/Linear of ``module`` from ``generator``: ``torch`` (PyTorch's
+    default: Kaiming uniform a=√5, uniform biases), ``glorot`` (Xavier uniform, zero biases:
+    the Keras default) or ``kaiming`` (He normal for ReLU, zero biases). BatchNorm layers keep
+    weight 1 and bias 0."""
+    for m in module.modules():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        w = m.weight
+        with torch.no_grad():
+            if scheme == "torch":
+                nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=generator)
+                if m.bias is not None:
+                    bound = 1 / math.sqrt(nn.init._calculate_fan_in_and_fan_out(w)[0])
+                    nn.init.uniform_(m.bias, -bound, bound, generator=generator)
+                continue
+            if scheme == "glorot":
+                nn.init.xavier_uniform_(w, generator=generator)
+            elif scheme == "kaiming":
+                nn.init.kaiming_normal_(w, nonlinearity="relu", generator=generator)
+            else:
+                raise LuringError(f"unknown init scheme {scheme!r}; use torch, glorot or kaiming")
+            if m.bias is not None:
+                m.bias.zero_()
+    return module
+
+
+def lr_at(settings: dict[str, Any], epoch: float) -> float:
+    """Learning rate at training progress ``epoch`` (fractional epochs done, ≥ 0): linear
+    warm-up over ``warmup_epochs``, then piecewise milestones, cosine or linear decay."""
+    lr = float(settings["lr"])
+    total = float(settings["epochs"])
+    warm = float(settings.get("warmup_epochs", 0.0))
+    if warm > 0 and epoch < warm:
+        return lr * max(epoch, 1e-3 * warm) / warm
+    decay = settings.get("lr_decay", "piecewise")
+    if decay == "piecewise":
+        for start, value in sorted(settings.get("lr_milestones", []), key=lambda m: m[0]):
+            if epoch >= start:
+                lr = float(value)
+        return lr
+    lo = float(settings.get("min_lr", 0.0))
+    frac = min(max((epoch - warm) / max(total - warm, 1e-9), 0.0), 1.0)
+    if decay == "cosine":
+        return lo + (lr - lo) * 0.5 * (1 + math.cos(math.pi * frac))
+    return lr + (lo - lr) * frac
+
+
+def augment_images(x: torch.Tensor, augment: dict[str, Any], generator: torch.Generator
+                   ) -> torch.Tensor:
+    """Random label-free affine transforms: per image a rotation in ±``rotate`` degrees and a
+    shift in ±``shift`` × side, bilinear, outside filled with zeros or the border. ``x``:
+    (N, C, H, W) in [0, 1]; returns the same shape, still in [0, 1]."""
+    n = x.shape[0]
+    u = torch.rand(n, 3, generator=generator) * 2 - 1
+    angle = u[:, 0] * math.radians(float(augment.get("rotate", 0.0)))
+    shift = u[:, 1:] * 2 * float(augment.get("shift", 0.0))  # affine_grid units: side = 2
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1).to(x.device, x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    pad = "border" if augment.get("fill") == "border" else "zeros"
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=pad, align_corners=False)
+
+
+class ImageBatches:
+    """The training data loader: images only, never labels. Each epoch yields
+    ``(images (B, C, H, W) on device, index (B,))`` in a fresh seeded order, optionally with
+    random label-free augmentation; ``index`` selects rows of per-image tensors computed
+    from the images (M's logits). A final batch of a single image is dropped."""
+
+    def __init__(self, images: torch.Tensor, indices: torch.Tensor, batch_size: int,
+                 generator: torch.Generator, device: torch.device,
+                 augment: dict[str, Any] | None = None) -> None:
+        self.images, self.indices, self.batch_size = images, indices, batch_size
+        self.generator, self.device, self.augment = generator, device, augment
+
+    def __len__(self) -> int:
+        n, b = len(self.indices), self.batch_size
+        return n // b + (1 if n % b > 1 else 0)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.indices[torch.randperm(len(self.indices), generator=self.generator)]
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            xb = self.images[idx]
+            if self.augment:
+                xb = augment_images(xb, self.augment, self.generator)
+            yield xb.to(self.device, non_blocking=True), idx
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1000,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """``model``'s outputs on ``images`` (N, C, H, W), in chunks, no gradient; returned on
+    the CPU. The model's mode is left as it is (call ``.eval()`` first)."""
+    dev = device or next(model.parameters()).device
+    outs = [model(images[i:i + batch_size].to(dev)).float().cpu()
+            for i in range(0, len(images), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def _luring_plan(target: nn.Module, component: nn.Module, m_logits: torch.Tensor,
+                 method: str, lam: float | None) -> _Plan:
+    t = Stacked(component, target)
+
+    def loss(xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        mb = m_logits[idx].to(xb.device, non_blocking=True)
+        if method == "luring":
+            return luring_loss(t(xb), mb, float(lam))  # type: ignore[arg-type]
+        return soft_cross_entropy(t(xb), mb)
+
+    return _Plan(list(component.parameters()), [component], loss, t)
+
+
+def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "luring",
+                  settings: dict[str, Any] | None = None, family: str = "mnist",
+                  labels: torch.Tensor | None = None, component_arch: str | None = None,
+                  head_arch: str | None = None, head_kwargs: dict[str, Any] | None = None,
+                  seed: int = 0, device: str | torch.device = "cpu",
+                  desc: str | None = None) -> TrainedDefense:
+    """Train the defense component P for the frozen target M (Algorithm 1 for ``luring``).
+
+    ``target``: M, returns (N, K) logits; it is moved to ``device``, kept in eval mode with
+    its parameters frozen during training and restored (mode, ``requires_grad``) afterwards;
+    its weights are never changed. ``images``: the unlabelled training images, float32
+    (N, C, H, W) in [0, 1] (a held-out ``val_fraction`` of them is used only for checkpoint
+    selection). ``method``: ``luring``, ``ce``, ``auto`` or ``stack``. ``settings``: a dict
+    from :func:`defense_settings` (default: the paper profile of ``family``), validated with
+    :func:`resolve_settings`. ``labels``: int64 (N,), read only when ``method == "stack"``
+    (the one baseline trained with labels); for every other method it is never read.
+    ``component_arch``: P's architecture (default: the family's); ``head_arch`` /
+    ``head_kwargs``: the freshly initialised classifier of ``stack`` (required for stack).
+    Every random choice derives from ``seed``. Returns a :class:`TrainedDefense`.
+    """
+    from luring.defense.baselines import auto_plan, stack_plan
+
+    s = resolve_settings(settings if settings is not None else
+                         defense_settings(family, method, "paper"))
+    if s.get("method", method) != method:
+        raise LuringError(f"settings are for method {s['method']!r}, not {method!r}")
+    s["method"] = method
+    check_images(images, name="training images")
+    dev = resolve_device(device)
+    c_in = images.shape[1]
+    comp_arch = component_arch or default_architectures(s.get("family", family))[1]
+    comp_kwargs = {"dropout": float(s.get("dropout", 0.0))}
+    gen = make_generator(seed)
+    # Held-out split (label-free selection) and the training indices.
+    n = len(images)
+    if n < 2:
+        raise LuringError(f"need at least 2 training images, got {n}")
+    n_val = int(round(float(s["val_fraction"]) * n)) if s["val_fraction"] > 0 else 0
+    n_val = min(max(n_val, 1 if s["val_fraction"] > 0 else 0), n - 2)
+    perm = torch.randperm(n, generator=gen)
+    val_idx, train_idx = perm[:n_val].sort().values, perm[n_val:].sort().values
+
+    was_training = target.training
+    grad_flags = [p.requires_grad for p in target.parameters()]
+    target.to(dev).eval()
+    for p in target.parameters():
+        p.requires_grad_(False)
+    t0 = time.perf_counter()
+    try:
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)  # dropout only; everything else uses ``gen``
+            component = init_parameters(build(comp_arch, in_channels=c_in, **comp_kwargs),
+                                        s["init"], gen).to(dev)
+            need_all = method in ("luring", "ce")
+            m_logits = predict_logits(target, images if need_all else images[val_idx],
+                                      s["eval_batch_size"], dev)
+            m_val = m_logits[val_idx] if need_all else m_logits
+            if method in ("luring", "ce"):
+                plan = _luring_plan(target, component, m_logits, method, s.get("lambda"))
+            elif method == "auto":
+                plan = auto_plan(target, component)
+            elif method == "stack":
+                plan = stack_plan(component, labels, head_arch, head_kwargs or {}, c_in,
+                                  int(m_val.shape[1]) if n_val else None, s["init"], gen, dev)
+            else:
+                raise LuringError(f"unknown method {method!r}; choose luring, ce, auto or stack")
+            history, selection = _loop(plan, component, images, train_idx, val_idx, m_val,
+                                       s, gen, dev, desc or f"train {method}")
+    finally:
+        for p, flag in zip(target.parameters(), grad_flags, strict=True):
+            p.requires_grad_(flag)
+        target.train(was_training)
+    seconds = time.perf_counter() - t0
+    component.eval()
+    if plan.head is not None:
+        plan.head.eval()
+    return TrainedDefense(method=method, target=target, component=component, head=plan.head,
+                          settings=s, selection=selection, history=history, seconds=seconds,
+                          component_arch=comp_arch, component_kwargs=comp_kwargs,
+                          head_arch=plan.head_arch, head_kwargs=plan.head_kwargs)
+
+
+def _evaluate(plan: _Plan, component: nn.Module, x_val: torch.Tensor, m_val: torch.Tensor,
+              batch_size: int, dev: torch.device) -> dict[str, float]:
+    """Held-out agreement of T with M (and P's reconstruction loss), all modules in eval."""
+    for m in plan.modules:
+        m.eval()
+    with torch.no_grad():
+        t_pred = predict_logits(plan.augmented, x_val, batch_size, dev).argmax(1)
+        rec = [reconstruction_loss(component(x_val[i:i + batch_size].to(dev)),
+                                   x_val[i:i + batch_size].to(dev)).item()
+               * len(x_val[i:i + batch_size]) for i in range(0, len(x_val), batch_size)]
+    for m in plan.modules:
+        m.train()
+    return {"val_agreement": (t_pred == m_val.argmax(1)).float().mean().item(),
+            "val_reconstruction": sum(rec) / len(x_val)}
+
+
+@contextlib.contextmanager
+def _averaged(params: list[nn.Parameter], shadow: list[torch.Tensor] | None) -> Iterator[None]:
+    """Temporarily put the exponential moving average of the weights (``shadow``) into
+    ``params``; a no-op without averaging."""
+    if shadow is None:
+        yield
+        return
+    with torch.no_grad():
+        backup = [p.detach().clone() for p in params]
+        for p, sh in zip(params, shadow, strict=True):
+            p.copy_(sh)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, b in zip(params, backup, strict=True):
+                p.copy_(b)
+
+
+def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: torch.Tensor,
+          val_idx: torch.Tensor, m_val: torch.Tensor, s: dict[str, Any],
+          gen: torch.Generator, dev: torch.device, desc: str
+          ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The optimisation loop with periodic held-out evaluation and best-checkpoint keeping."""
+    batches = ImageBatches(images, train_idx, s["batch_size"], gen, dev, s.get("augment"))
+    spe = len(batches)
+    opt = torch.optim.Adam(plan.params, lr=lr_at(s, 0.0))
+    every = s["eval_every"] or spe
+    x_val = images[val_idx]
+    by_rec = s["selection"] == "reconstruction"
+    best: tuple[float, dict[str, Any], list[dict[str, torch.Tensor]]] | None = None
+    history: list[dict[str, Any]] = []
+    step, loss_n, t0 = 0, 0, time.perf_counter()
+    loss_sum = torch.zeros((), device=dev)
+    ema = float(s.get("ema") or 0.0)
+    shadow = [p.detach().clone() for p in plan.params] if ema else None
+    for m in plan.modules:
+        m.train()
+    bar = progress(total=spe * s["epochs"], desc=desc, unit="step")
+    try:
+        for _epoch in range(s["epochs"]):
+            for xb, idx in batches:
+                lr = lr_at(s, step / spe)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                opt.zero_grad(set_to_none=True)
+                loss = plan.loss(xb, idx)
+                loss.backward()
+                opt.step()
+                step += 1
+                if shadow is not None:
+                    w = 1 - min(ema, (1 + step) / (10 + step))
+                    with torch.no_grad():
+                        for sh, p in zip(shadow, plan.params, strict=True):
+                            sh.lerp_(p.detach(), w)
+                loss_sum += loss.detach()
+                loss_n += 1
+                bar.update(1)
+                if step % every and step != spe * s["epochs"]:
+                    continue
+                rec = {"epoch": round(step / spe, 4), "step": step, "lr": lr,
+                       "loss": loss_sum.item() / max(loss_n, 1),
+                       "seconds": round(time.perf_counter() - t0, 3)}
+                loss_sum, loss_n = torch.zeros((), device=dev), 0
+                if len(val_idx):
+                    with _averaged(plan.params, shadow):
+                        rec.update(_evaluate(plan, component, x_val, m_val,
+                                             s["eval_batch_size"], dev))
+                        score = -rec["val_reconstruction"] if by_rec else rec["val_agreement"]
+                        if best is None or score >= best[0]:
+                            best = (score, dict(rec), [{k: v.detach().clone() for k, v in
+                                                        m.state_dict().items()}
+                                                       for m in plan.modules])
+                history.append(rec)
+    finally:
+        bar.close()
+    if best is None:
+        if shadow is not None:
+            with torch.no_grad():
+                for sh, p in zip(shadow, plan.params, strict=True):
+                    p.copy_(sh)
+        last = history[-1]
+        return history, {"rule": "last", "epoch": last["epoch"], "step": last["step"], "n": 0}
+    for m, state in zip(plan.modules, best[2], strict=True):
+        m.load_state_dict(state)
+    chosen = best[1]
+    selection = {"rule": "min-reconstruction" if by_rec else "max-agreement",
+                 "epoch": chosen["epoch"], "step": chosen["step"],
+                 "agreement": chosen["val_agreement"],
+                 "reconstruction": chosen["val_reconstruction"], "n": len(val_idx)}
+    return history, selection
