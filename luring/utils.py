@@ -148,7 +148,8 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise LuringError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+            raise LuringError("--device cuda was asked for but no CUDA GPU is visible; "
+                              "use --device cpu")
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
