@@ -36,6 +36,7 @@ __all__ = [
     "check_images",
     "check_range",
     "to_jsonable",
+    "wilson_interval",
 ]
 
 
@@ -215,3 +216,25 @@ def check_images(x: torch.Tensor, *, name: str = "images") -> torch.Tensor:
             "scale pixels to [0, 1]"
         )
     return x
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float | None, float | None]:
+    """Wilson score interval for ``k`` successes out of ``n`` trials (default 95%).
+
+    ``centre = (p + z²/2n) / (1 + z²/n)``, ``half = z / (1 + z²/n) · sqrt(p(1-p)/n + z²/4n²)``,
+    clipped to [0, 1] (k = 0 gives exactly 0 below, k = n exactly 1 above). ``n == 0`` gives
+    ``(None, None)``. Example: k = 5, n = 10 → (0.2366, 0.7634).
+    """
+    k, n = int(k), int(n)
+    if n < 0 or k < 0 or k > n:
+        raise LuringError(f"a Wilson interval needs 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return None, None
+    p = k / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = (z / denom) * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n))
+    low = 0.0 if k == 0 else max(0.0, centre - half)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high

@@ -8,30 +8,15 @@ Wilson 95% interval. Labels are read here only, never during training or selecti
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from luring.errors import LuringError
-from luring.utils import check_images
+from luring.utils import check_images, wilson_interval
 
 __all__ = ["evaluate_clean", "wilson_interval", "clean_table_markdown"]
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> list[float]:
-    """Wilson score interval ``[low, high]`` of a proportion ``successes / n`` (95% by
-    default); ``[0, 1]`` when n = 0."""
-    if n <= 0:
-        return [0.0, 1.0]
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    low = 0.0 if successes <= 0 else min(p, max(0.0, centre - half))
-    high = 1.0 if successes >= n else max(p, min(1.0, centre + half))
-    return [low, high]
 
 
 def _models(defense_or_models: Any) -> tuple[nn.Module, nn.Module]:
