@@ -277,17 +277,19 @@ def _train_p(env: Env, notes: dict[str, list[float]]) -> Callable[[], float]:
 
 
 def _bare_step_p(env: Env) -> Callable[[], float]:
-    """Plain Adam steps on P through T = M∘P with the luring loss; M's logits precomputed."""
+    """The minimal plain loop of Algorithm 1: M's logits on the training images once (one
+    no_grad forward: the luring loss needs them), then plain Adam steps on P through
+    T = M∘P with the luring loss, over the same batches as the trainer."""
     from luring.defense.loss import luring_loss
 
     s = _p_settings(env)
     x = env.x_train[:env.cfg.train_images].to(env.device)
-    with torch.no_grad():
-        m_logits = env.target(x)
     batches = _epoch_batches(len(x), s["batch_size"])
     lam, lr = float(s["lambda"]), float(s["lr"])
 
     def run() -> float:
+        with torch.no_grad():
+            m_logits = env.target(x)
         comp = _seeded_build("mnist-component", env.seed).to(env.device).train()
         t = Stacked(comp, env.target)
         opt = torch.optim.Adam(comp.parameters(), lr=lr)
@@ -356,7 +358,8 @@ CONTENDERS: dict[str, tuple[str, str, str, Callable[[Env], Callable[[], float]] 
                          lambda e: _bare_forward(e, "eco")),
     "train_p": ("train_p", "images/s", "luring.defense.train_defense (luring loss), P of "
                 "T = M∘P, M frozen", None),
-    "bare_step_p": ("train_p", "images/s", "plain Adam step on P, luring loss through M∘P",
+    "bare_step_p": ("train_p", "images/s", "M's logits once, then plain Adam steps on P, "
+                    "luring loss through M∘P",
                     _bare_step_p),
     "train_m": ("train_m", "images/s", "luring.models.train.train_target (M, CE)", _train_m),
     "bare_step_m": ("train_m", "images/s", "plain Adam step on M with CE", _bare_step_m),
