@@ -99,9 +99,9 @@ def preset(mode: str) -> BenchConfig:
     if mode == "full":
         return BenchConfig(mode="full", reps=5, batch=128, steps=10)
     if mode == "quick":
-        return BenchConfig(mode="quick", reps=3, batch=32, steps=3, passes=3, spsa_images=2,
-                           spsa_steps=1, eco_images=8, eco_queries=150, train_images=128,
-                           p_epochs=2, m_epochs=1, target_train_images=1000, agree_images=64,
+        return BenchConfig(mode="quick", reps=2, batch=32, steps=3, passes=3, spsa_images=2,
+                           spsa_steps=1, eco_images=8, eco_queries=100, train_images=128,
+                           p_epochs=2, m_epochs=1, target_train_images=500, agree_images=64,
                            agree_steps=10, memory="inprocess",
                            spsa_memory_samples=(128, 1024), spsa_memory_images=2)
     if mode == "tiny":

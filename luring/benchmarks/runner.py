@@ -245,9 +245,10 @@ def _run(cfg: BenchConfig, dev: torch.device, seed: int, demo: bool,
 
 def _loop_ratio(result: dict[str, Any], contenders: list[Contender],
                 runs: dict[str, dict[str, list[float]]], reps: int) -> None:
-    """Add ``train_p_loop_vs_step``: the trainer's optimisation loop alone (its own clock,
-    without the set-up before it) against the bare step, per repetition (reported, no
-    target: the set-up is part of what a user waits for)."""
+    """Add ``train_p_loop_vs_step`` (reported, no target): the trainer's optimisation loop
+    alone (its own clock, without computing M's logits and building P) against the whole
+    bare run (which does compute M's logits), per repetition: above 1 by what that
+    one-time set-up costs, it shows the per-step loop itself adds nothing."""
     by_name = {c.name: c for c in contenders}
     if "train_p" not in by_name or "bare_step_p" not in runs:
         return
