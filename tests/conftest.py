@@ -42,3 +42,13 @@ def trained_mnist_target(mnist5k):
     for p in model.parameters():
         p.requires_grad_(False)
     return model, x_te, y_te
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tiny models on one thread (fastest, least disturbed by a busy machine),
+    restoring the thread count afterwards. Use with ``pytest.mark.usefixtures``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -11,13 +11,7 @@ from luring.attacks import CWL2, ECO, SPSA
 from luring.attacks.base import margin
 from luring.attacks.eco import split_blocks
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _init(model: nn.Module, seed: int, scale: float = 0.5) -> nn.Module:

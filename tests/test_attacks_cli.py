@@ -10,19 +10,12 @@ import types
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from luring.cli.main import main
 from luring.models import save_checkpoint
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

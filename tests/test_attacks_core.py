@@ -28,14 +28,7 @@ from luring.attacks import (
 )
 from luring.errors import LuringError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest (and least disturbed by a busy machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(channels: int = 1, size: int = 8, seed: int = 0) -> nn.Module:
