@@ -139,7 +139,7 @@ def test_rerun_replaces_and_failure_keeps_previous(target_dir, small_data, tmp_p
 
     def boom(*a, **k):
         raise luring.errors.LuringError("training failed on purpose")
-    monkeypatch.setattr("luring.defense.train.train_defense", boom)
+    monkeypatch.setattr("luring.defense.build.train_defense", boom)
     code, _, err = run_cli(_train_args(target_dir, out, "luring"), capsys)
     assert code == 2 and "on purpose" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from luring.defense import defense_settings, resolve_settings, train_defense
-from luring.defense.train import ImageBatches, augment_images, lr_at
+from luring.defense.train import ImageBatches, lr_at
 from luring.errors import LuringError
+from luring.models.augment import random_affine
 
 
 class Poison:
@@ -171,10 +172,17 @@ def test_lr_schedule():
     assert lr_at(q, 5.5) == pytest.approx(5e-4)
 
 
-def test_augmentation_keeps_range_and_identity():
+def test_image_batches_augment_with_the_models_affine_transform():
+    """The defense's data loader applies luring.models.augment.random_affine (one
+    implementation for M and P): same generator state, same images."""
     x = torch.rand(8, 1, 28, 28)
-    g = torch.Generator().manual_seed(0)
-    y = augment_images(x, {"shift": 0.1, "rotate": 15.0}, g)
-    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
-    same = augment_images(x, {"shift": 0.0, "rotate": 0.0}, g)
-    assert torch.allclose(same, x, atol=1e-5)
+    aug = {"shift": 0.1, "rotate": 15.0, "fill": "border"}
+    batches = ImageBatches(x, torch.arange(8), 8, torch.Generator().manual_seed(3),
+                           torch.device("cpu"), aug)
+    (xb, idx), = list(batches)
+    g = torch.Generator().manual_seed(3)
+    order = torch.arange(8)[torch.randperm(8, generator=g)]
+    assert torch.equal(idx, order)
+    want = random_affine(x[order], rotation_deg=15.0, shift=0.1, fill="border", generator=g)
+    assert torch.equal(xb, want)
+    assert xb.min() >= 0 and xb.max() <= 1 and not torch.equal(xb, x[order])

@@ -159,6 +159,7 @@ def test_report_md_ours_and_paper(full_dir):
     # the paper's MNIST numbers, labelled
     label = paper.PAPER_LABEL["mnist"]
     assert label == "paper (full MNIST, 1,000 images)" and label in text
+    assert "paper (full MNIST, test set): accuracy" in text  # table 8 is over the test set
     for s in ("0.974", "0.969", "0.92 | 0.93", "0.69 | 0.75", "0.96 | 0.27"):
         assert s in text, s
     assert "0.2 / 0.3 / 0.4" in text

@@ -90,10 +90,9 @@ def register(subparsers) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     import luring.data as ldata
-    from luring.defense.deploy import save_defense, staging_dir
-    from luring.defense.evaluate import evaluate_clean
+    from luring.defense.build import build_defense
+    from luring.defense.deploy import staging_dir
     from luring.defense.settings import defense_settings, resolve_settings
-    from luring.defense.train import train_defense
     from luring.errors import LuringError
     from luring.models import load_checkpoint
     from luring.utils import resolve_device
@@ -120,19 +119,15 @@ def _train(args: argparse.Namespace) -> int:
     stage = staging_dir(args.out)  # fail now, not after training, if --out is unwritable
     try:
         x_train, y_train = ldata.load(dataset, "train", args.data_dir)
-        trained = train_defense(
-            target, x_train, method=args.method, settings=settings, family=spec.family,
-            labels=y_train if args.method == "stack" else None,
-            head_arch=tmeta["architecture"], head_kwargs=tmeta.get("arch_kwargs") or {},
-            seed=args.seed, device=device, desc=f"train-defense {args.method}")
-        x_test, y_test = ldata.load(dataset, "test", args.data_dir)
-        clean = evaluate_clean(trained, x_test, y_test)
+        test = ldata.load(dataset, "test", args.data_dir)
         config = {"command": "train-defense", "target": str(target_dir), "method": args.method,
                   "dataset": dataset, "data_dir": args.data_dir, "profile": args.profile,
                   "seed": args.seed, "device": str(device), "settings": settings}
-        out = save_defense(args.out, trained, target_meta=tmeta, dataset=dataset,
-                           seed=args.seed, clean=clean, target_dir=str(target_dir.resolve()),
-                           config=config, stage=stage)
+        out, trained, clean = build_defense(
+            args.out, target, tmeta, x_train, test, method=args.method, settings=settings,
+            dataset=dataset, seed=args.seed, device=device, labels=y_train,
+            target_dir=str(target_dir.resolve()), config=config, stage=stage,
+            desc=f"train-defense {args.method}")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     print(f"wrote {out}: {args.method} on {dataset} (n = {clean['n']} test images): "

@@ -3,10 +3,11 @@ section 2.4, Algorithm 1), the baselines of section 3.1 (C_E, Auto, Stack), clea
 (table 8), the deployed defense with its detection scheme (section 4.1) and export of T.
 
 Main entry points: :func:`luring_loss`, :func:`defense_settings`, :func:`train_defense`,
-:func:`evaluate_clean`, :func:`save_defense`, :func:`load` (→ :class:`Defense`),
-:func:`export_augmented`.
+:func:`evaluate_clean`, :func:`save_defense`, :func:`build_defense` (the three in one
+call), :func:`load` (→ :class:`Defense`), :func:`export_augmented`.
 """
 
+from luring.defense.build import build_defense
 from luring.defense.deploy import FORMAT, Defense, Detection, load, save_defense
 from luring.defense.evaluate import evaluate_clean, wilson_interval
 from luring.defense.export import export_augmented
@@ -26,6 +27,7 @@ __all__ = [
     "Defense",
     "Detection",
     "TrainedDefense",
+    "build_defense",
     "defense_settings",
     "evaluate_clean",
     "export_augmented",

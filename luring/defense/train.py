@@ -21,17 +21,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from luring.defense.loss import luring_loss, reconstruction_loss, soft_cross_entropy
 from luring.defense.settings import defense_settings, resolve_settings
 from luring.errors import LuringError
 from luring.models import Stacked, build, default_architectures
+from luring.models.augment import random_affine
 from luring.utils import check_images, make_generator, progress, resolve_device
 
 __all__ = ["train_defense", "TrainedDefense", "ImageBatches", "init_parameters", "lr_at",
-           "augment_images", "predict_logits"]
+           "predict_logits"]
 
 
 @dataclass
@@ -121,23 +121,6 @@ def lr_at(settings: dict[str, Any], epoch: float) -> float:
     return lr + (lo - lr) * frac
 
 
-def augment_images(x: torch.Tensor, augment: dict[str, Any], generator: torch.Generator
-                   ) -> torch.Tensor:
-    """Random label-free affine transforms: per image a rotation in ±``rotate`` degrees and a
-    shift in ±``shift`` × side, bilinear, outside filled with zeros or the border. ``x``:
-    (N, C, H, W) in [0, 1]; returns the same shape, still in [0, 1]."""
-    n = x.shape[0]
-    u = torch.rand(n, 3, generator=generator) * 2 - 1
-    angle = u[:, 0] * math.radians(float(augment.get("rotate", 0.0)))
-    shift = u[:, 1:] * 2 * float(augment.get("shift", 0.0))  # affine_grid units: side = 2
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
-                         torch.stack([sin, cos, shift[:, 1]], 1)], 1).to(x.device, x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    pad = "border" if augment.get("fill") == "border" else "zeros"
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode=pad, align_corners=False)
-
-
 class ImageBatches:
     """The training data loader: images only, never labels. Each epoch yields
     ``(images (B, C, H, W) on device, index (B,))`` in a fresh seeded order, optionally with
@@ -160,7 +143,10 @@ class ImageBatches:
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             xb = self.images[idx]
             if self.augment:
-                xb = augment_images(xb, self.augment, self.generator)
+                xb = random_affine(xb, rotation_deg=float(self.augment.get("rotate", 0.0)),
+                                   shift=float(self.augment.get("shift", 0.0)),
+                                   fill=self.augment.get("fill", "zeros"),
+                                   generator=self.generator)
             yield xb.to(self.device, non_blocking=True), idx
 
 

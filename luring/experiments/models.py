@@ -71,13 +71,7 @@ def prepare_models(run: RunDir, dataset: str, settings: dict[str, Any], seeds: l
 
 
 def _train_defense(target, tmeta, tdir, out, method, spec, settings, seed, device, data):
-    from luring.defense import (
-        defense_settings,
-        evaluate_clean,
-        resolve_settings,
-        save_defense,
-        train_defense,
-    )
+    from luring.defense import build_defense, defense_settings, resolve_settings
 
     x_tr, y_tr, x_te, y_te = data
     limit = settings.get("defense_train_images")
@@ -86,11 +80,6 @@ def _train_defense(target, tmeta, tdir, out, method, spec, settings, seed, devic
         x_tr, y_tr = x_tr[keep], y_tr[keep]
     profile = "quick" if settings["profile"] == "smoke" else settings["profile"]
     s = resolve_settings(defense_settings(spec.family, method, profile), **settings["defense"])
-    trained = train_defense(target, x_tr, method=method, settings=s, family=spec.family,
-                            labels=y_tr if method == "stack" else None,
-                            head_arch=tmeta["architecture"],
-                            head_kwargs=tmeta.get("arch_kwargs") or {}, seed=seed,
-                            device=device, desc=f"train {method}")
-    clean = evaluate_clean(trained, x_te, y_te)
-    save_defense(out, trained, target_meta=tmeta, dataset=spec.name, seed=seed, clean=clean,
-                 target_dir=str(tdir))
+    build_defense(out, target, tmeta, x_tr, (x_te, y_te), method=method, settings=s,
+                  dataset=spec.name, seed=seed, device=device, labels=y_tr,
+                  target_dir=str(tdir))

@@ -52,11 +52,11 @@ def _quick(family: str) -> dict[str, Any]:
     p["target"] = {"epochs": 3}
     p["characterize"].update(n=100, steps=10, step_size="2.5*eps/steps", step_size_l2=2.0)
     p["defend"].update(n=50)
-    p["defend"]["spsa"].update(iterations=10, samples=32)
-    p["defend"]["eco"].update(max_queries=300)
+    p["defend"]["spsa"].update(iterations=10, samples=16)
+    p["defend"]["eco"].update(max_queries=200)
     p["defend"]["mim_w"].update(steps=10, step_size="2.5*eps/steps", p_values=[0.5, 1.0],
                                 kernel_sizes=[5, 10])
-    p["distortion"].update(n=30, binary_steps=4, iterations=30)
+    p["distortion"].update(n=20, binary_steps=4, iterations=30)
     p["logits"].update(n=100)
     return p
 
@@ -116,6 +116,9 @@ def differences_from_paper(settings: dict[str, Any], dataset: str) -> list[str]:
     if settings.get("images_correct_for") != "all":
         out.append("attacked test images are those M classifies correctly (paper: M and every T)")
 
+    if settings.get("profile") != "paper":
+        out += _defense_differences(settings)
+
     def walk(a: Any, b: Any, path: str) -> None:
         if isinstance(a, dict) and isinstance(b, dict):
             for k in a:
@@ -128,4 +131,21 @@ def differences_from_paper(settings: dict[str, Any], dataset: str) -> list[str]:
 
     for key in ("target", "defense", "characterize", "defend", "distortion", "logits"):
         walk(settings.get(key, {}), paper.get(key, {}), key)
+    return out
+
+
+def _defense_differences(settings: dict[str, Any]) -> list[str]:
+    """How each approach's P is trained by the short profiles, against appendix B."""
+    from luring.defense.settings import QUICK_NOTES, defense_settings, resolve_settings
+
+    fam = settings["family"]
+    out = []
+    for method in settings.get("approaches", []):
+        q = resolve_settings(defense_settings(fam, method, "quick"), **settings.get("defense", {}))
+        p = defense_settings(fam, method, "paper")
+        out.append(f"{method} P trained {q['epochs']} epochs, batch {q['batch_size']}, Adam from "
+                   f"{q['lr']:g} ({q['lr_decay']}) (paper: {p['epochs']} epochs, batch "
+                   f"{p['batch_size']}, {p['lr']:g})")
+    if fam == "mnist":
+        out.append(QUICK_NOTES)
     return out

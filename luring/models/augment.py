@@ -13,9 +13,11 @@ __all__ = ["random_affine"]
 
 
 def random_affine(x: torch.Tensor, *, rotation_deg: float = 0.0, shift: float = 0.0,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
+                  fill: str = "zeros", generator: torch.Generator | None = None
+                  ) -> torch.Tensor:
     """Rotate each image by a uniform angle in ±``rotation_deg`` and shift it by a uniform
-    fraction in ±``shift`` of its size (per axis), filling with zeros.
+    fraction in ±``shift`` of its size (per axis), filling the uncovered area with zeros
+    (``fill="zeros"``) or the nearest border pixel (``fill="border"``).
 
     x: (N, C, H, W) in [0, 1]. Returns a new tensor of the same shape, still in [0, 1]
     (bilinear interpolation of values in [0, 1]). With both amounts 0, returns ``x``.
@@ -33,5 +35,6 @@ def random_affine(x: torch.Tensor, *, rotation_deg: float = 0.0, shift: float = 
         torch.stack([sin, cos, u[:, 2] * 2 * shift], dim=1),
     ], dim=1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros",
+    pad = "border" if fill == "border" else "zeros"
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=pad,
                          align_corners=False).clamp_(0, 1)

@@ -3,9 +3,10 @@
 Source: "Luring of transferable adversarial perturbations in the black-box paradigm"
 (/work/shared/paper.md): table 1 (SVHN, CIFAR10 defense), table 14 (MNIST defense), table 8
 (clean accuracy and agreement), table 9 (CWL2 mean l2 / l∞), table 10 (Ω rates), tables 11-13
-(MIM-TI / DIM-TI kernel sizes) and appendix F.2 (DIM p). All paper numbers are over 1,000
-test images of the full data set. Approach keys follow ours: ``target`` (BASE/TARGET),
-``stack``, ``auto``, ``ce`` (C_E), ``luring``. ``None`` marks a cell the paper leaves empty.
+(MIM-TI / DIM-TI kernel sizes) and appendix F.2 (DIM p). The attack and analysis numbers
+are over 1,000 test images of the full data set, table 8 over its whole test set. Approach
+keys follow ours: ``target`` (BASE/TARGET), ``stack``, ``auto``, ``ce`` (C_E), ``luring``.
+``None`` marks a cell the paper leaves empty.
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ __all__ = [
     "paper_label",
 ]
 
-#: How every paper column is labelled in the report, per family.
-PAPER_LABEL = {
-    "mnist": "paper (full MNIST, 1,000 images)",
-    "svhn": "paper (full SVHN, 1,000 images)",
-    "cifar10": "paper (full CIFAR10, 1,000 images)",
-}
+_FULL_NAME = {"mnist": "MNIST", "svhn": "SVHN", "cifar10": "CIFAR10"}
+
+#: How every paper column of the attack tables is labelled in the report, per family.
+PAPER_LABEL = {fam: f"paper (full {name}, 1,000 images)" for fam, name in _FULL_NAME.items()}
 
 
-def paper_label(family: str) -> str:
-    """The report's label for the paper's numbers of ``family``."""
-    return PAPER_LABEL.get(family, f"paper ({family})")
+def paper_label(family: str, scope: str = "1,000 images") -> str:
+    """The report's label for the paper's numbers of ``family``; ``scope`` says what they
+    were measured on (the attack tables: 1,000 test images; table 8: the test set)."""
+    name = _FULL_NAME.get(family)
+    return f"paper (full {name}, {scope})" if name else f"paper ({family})"
 
 
 #: Table 8: (test accuracy, agreement on the ground-truth label) per family and model.

@@ -169,8 +169,8 @@ def clean_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
                        + ([fmt(pa), fmt(pg)] if p8 else []))
     mh = ["model", "accuracy", "agreement (T = M = y)", "false alarm (T ≠ M)", "n"]
     if p8:
-        label = paper.paper_label(fam)
-        mh += [f"{label}: test", f"{label}: agree"]
+        label = paper.paper_label(fam, "test set")
+        mh += [f"{label}: accuracy", f"{label}: agree"]
     return header, rows, md_table(mh, md_rows) if models else ""
 
 
