@@ -186,3 +186,26 @@ def test_image_batches_augment_with_the_models_affine_transform():
     want = random_affine(x[order], rotation_deg=15.0, shift=0.1, fill="border", generator=g)
     assert torch.equal(xb, want)
     assert xb.min() >= 0 and xb.max() <= 1 and not torch.equal(xb, x[order])
+
+
+def test_build_defense_trains_evaluates_and_writes(trained_mnist_target, small, tmp_path):
+    """build_defense = train_defense + evaluate_clean + save_defense: the written directory
+    loads back to the trained P, its clean figures are those of the returned T on the given
+    test split, and the training labels are never touched for a non-stack method."""
+    from luring.defense import build_defense, load
+
+    m, x_te, y_te = trained_mnist_target
+    x, _ = small
+    meta = {"architecture": "mnist-target", "input_shape": [1, 28, 28], "num_classes": 10}
+    out, trained, clean = build_defense(
+        tmp_path / "d", m, meta, x, (x_te[:200], y_te[:200]), method="luring",
+        settings=_tiny("luring"), family="mnist", dataset="mnist-5k", seed=3, labels=Poison())
+    assert out == tmp_path / "d" and clean["n"] == 200
+    with torch.no_grad():
+        t = trained.augmented(x_te[:200]).argmax(1)
+        mm = m(x_te[:200]).argmax(1)
+    assert clean["accuracy_t"] == pytest.approx((t == y_te[:200]).float().mean().item())
+    assert clean["false_alarm_rate"] == pytest.approx((t != mm).float().mean().item())
+    d = load(out)
+    assert d.method == "luring" and d.meta["clean"] == json.loads(json.dumps(clean))
+    assert torch.equal(d.predict(x_te[:200]), t)

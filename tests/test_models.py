@@ -113,6 +113,19 @@ def test_random_affine_keeps_range_and_identity():
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1 and not torch.equal(x, y)
 
 
+def test_random_affine_fill_modes():
+    """A pure shift uncovers a strip: zeros there with fill="zeros", the border pixel's value
+    with fill="border"; an unknown fill is refused."""
+    x = torch.full((2, 1, 16, 16), 0.7)
+    zeros = random_affine(x, shift=0.25, generator=torch.Generator().manual_seed(0))
+    border = random_affine(x, shift=0.25, fill="border",
+                           generator=torch.Generator().manual_seed(0))
+    assert zeros.min() < 0.1  # uncovered pixels are black
+    torch.testing.assert_close(border, x)  # a constant image stays constant
+    with pytest.raises(ValueError, match="fill"):
+        random_affine(x, shift=0.1, fill="reflect")
+
+
 def test_pgd_training_step_respects_ball(trained_mnist_target):
     model, x, y = trained_mnist_target
     x, y = x[:16], y[:16]

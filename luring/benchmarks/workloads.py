@@ -240,12 +240,11 @@ def _bare_forward(env: Env, attack: str) -> Callable[[], float]:
 
 # ---- training group ---------------------------------------------------------------------
 def _p_settings(env: Env) -> dict[str, Any]:
-    """The quick luring profile for MNIST with the benchmark's epochs and batch size, no
-    augmentation (the bare step has none) and no held-out evaluation."""
+    """The quick luring profile for MNIST (no augmentation, like the bare step) with the
+    benchmark's epochs and batch size and no held-out evaluation."""
     from luring.defense.settings import defense_settings, resolve_settings
 
     s = defense_settings("mnist", "luring", "quick")
-    s["augment"] = None
     return resolve_settings(s, epochs=env.cfg.p_epochs, batch_size=env.cfg.p_batch,
                             val_fraction=0.0)
 

@@ -1,6 +1,7 @@
 """``luring train-defense``, ``luring detect`` and ``luring export``: the defense stage's
 commands. Labels of the training split are handed to the trainer only for ``--method stack``;
-the test split's labels are read only for the clean evaluation written at the end."""
+the test split is loaded before training (a missing split fails early) and used only for the
+clean evaluation written at the end."""
 
 from __future__ import annotations
 
@@ -125,7 +126,7 @@ def _train(args: argparse.Namespace) -> int:
                   "seed": args.seed, "device": str(device), "settings": settings}
         out, trained, clean = build_defense(
             args.out, target, tmeta, x_train, test, method=args.method, settings=settings,
-            dataset=dataset, seed=args.seed, device=device, labels=y_train,
+            family=spec.family, dataset=dataset, seed=args.seed, device=device, labels=y_train,
             target_dir=str(target_dir.resolve()), config=config, stage=stage,
             desc=f"train-defense {args.method}")
     finally:

@@ -21,20 +21,21 @@ __all__ = ["build_defense"]
 
 def build_defense(out: str | os.PathLike, target: nn.Module, target_meta: dict[str, Any],
                   x_train: torch.Tensor, test: tuple[torch.Tensor, torch.Tensor], *,
-                  method: str, settings: dict[str, Any], dataset: str, seed: int,
-                  device: str | torch.device = "cpu", labels: torch.Tensor | None = None,
+                  method: str, settings: dict[str, Any], family: str, dataset: str,
+                  seed: int, device: str | torch.device = "cpu", labels: torch.Tensor | None = None,
                   target_dir: str | None = None, config: dict[str, Any] | None = None,
                   stage: Path | None = None, desc: str | None = None
                   ) -> tuple[Path, TrainedDefense, dict[str, Any]]:
     """Train ``method`` for ``target`` on the unlabelled ``x_train`` (float32 (N, C, H, W) in
     [0, 1]), evaluate on ``test`` = (images, int64 labels) and write the defense directory
-    ``out``. ``target_meta``: M's checkpoint sidecar (its architecture is also the head of
+    ``out``. ``family``: the data set family (``mnist``, ``svhn``, ``cifar10``: P's default
+    architecture); ``target_meta``: M's checkpoint sidecar (its architecture is also the head of
     ``stack``); ``settings``: resolved defense settings; ``labels`` (int64 (N,)) are passed to
     the trainer for ``stack`` only. ``config``/``stage``: see :func:`save_defense`.
     Returns (directory, trained defense, clean figures)."""
     trained = train_defense(
         target, x_train, method=method, settings=settings,
-        family=settings.get("family", "mnist"), labels=labels if method == "stack" else None,
+        family=family, labels=labels if method == "stack" else None,
         head_arch=target_meta["architecture"], head_kwargs=target_meta.get("arch_kwargs") or {},
         seed=seed, device=device, desc=desc or f"train {method}")
     clean = evaluate_clean(trained, *test)

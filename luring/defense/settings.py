@@ -48,16 +48,16 @@ PROFILES = ("paper", "quick")
 
 QUICK_NOTES = (
     "quick profile (mnist-5k, 2-core CPU; chosen on the held-out part of the training split, "
-    "never on test images): batch 32 (as fast per image as 64 on a 2-core CPU, twice the "
-    "steps), Adam with a one-epoch linear warm-up then cosine decay, He initialisation and an "
-    "exponential moving average of P's weights (0.995). Luring: 20 epochs from 6e-3, lambda 1, "
-    "no augmentation (held-out images attacked with MIM transferred better to M when P was "
-    "trained on shifted/rotated copies, i.e. augmentation weakened the luring effect). C_E: 8 "
-    "epochs from 2e-3 with label-free random shifts (±8%) and rotations (±10°) of the "
-    "unlabelled images, M's soft labels of the clean image being the target of its "
-    "transformed copy (no extra forward pass of M, no label). Auto: 14 epochs, batch 64, "
-    "cosine from 3e-3. Stack: 4 epochs, batch 32, warm-up then cosine from 1e-3 (see "
-    "luring.defense.baselines)."
+    "never on test images; figures in docs/tuning.md). Luring: 20 epochs, batch 32, Adam with "
+    "a one-epoch linear warm-up to 6e-3 then cosine decay, lambda 1, He initialisation, an "
+    "exponential moving average of P's weights (0.995), no augmentation (with shifted/rotated "
+    "copies, MIM examples crafted on T transferred more often to M on held-out images). C_E: "
+    "8 epochs, batch 32, warm-up to 2e-3 then cosine, He initialisation, weight averaging "
+    "(0.995) and label-free random shifts (±8%) and rotations (±10°) of the unlabelled "
+    "images, M's soft labels of the clean image being the target of its transformed copy (no "
+    "extra forward pass of M, no label). Auto: 14 epochs, batch 64, half-epoch warm-up then "
+    "cosine from 3e-3, no averaging. Stack: 4 epochs, batch 32, warm-up then cosine from "
+    "1e-3, He initialisation, no averaging (see luring.defense.baselines)."
 )
 
 _BASE: dict[str, Any] = {
@@ -106,7 +106,8 @@ _PAPER_AUGMENT = {"cifar10": {"shift": 5 / 32, "rotate": 10.0, "fill": "border"}
 
 _MNIST_AUG = {"shift": 0.08, "rotate": 10.0, "fill": "zeros"}
 
-# Quick profile: tuned on mnist-5k's training split only (held-out agreement), see QUICK_NOTES.
+# Quick profile: tuned on mnist-5k's training split only (held-out agreement, and for luring
+# the transfer of MIM examples on held-out images), see QUICK_NOTES and docs/tuning.md.
 _QUICK_MNIST: dict[str, dict[str, Any]] = {
     "luring": dict(epochs=20, batch_size=32, lr=6e-3, warmup_epochs=1.0, lr_decay="cosine",
                    min_lr=6e-5, augment=None, ema=0.995),

@@ -81,5 +81,5 @@ def _train_defense(target, tmeta, tdir, out, method, spec, settings, seed, devic
     profile = "quick" if settings["profile"] == "smoke" else settings["profile"]
     s = resolve_settings(defense_settings(spec.family, method, profile), **settings["defense"])
     build_defense(out, target, tmeta, x_tr, (x_te, y_te), method=method, settings=s,
-                  dataset=spec.name, seed=seed, device=device, labels=y_tr,
+                  family=spec.family, dataset=spec.name, seed=seed, device=device, labels=y_tr,
                   target_dir=str(tdir))

@@ -143,9 +143,10 @@ def _defense_differences(settings: dict[str, Any]) -> list[str]:
     for method in settings.get("approaches", []):
         q = resolve_settings(defense_settings(fam, method, "quick"), **settings.get("defense", {}))
         p = defense_settings(fam, method, "paper")
-        out.append(f"{method} P trained {q['epochs']} epochs, batch {q['batch_size']}, Adam from "
+        unit = "epoch" if q["epochs"] == 1 else "epochs"
+        out.append(f"{method} P trained {q['epochs']} {unit}, batch {q['batch_size']}, Adam from "
                    f"{q['lr']:g} ({q['lr_decay']}) (paper: {p['epochs']} epochs, batch "
                    f"{p['batch_size']}, {p['lr']:g})")
-    if fam == "mnist":
+    if fam == "mnist" and settings.get("profile") == "quick" and not settings.get("defense"):
         out.append(QUICK_NOTES)
     return out

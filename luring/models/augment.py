@@ -22,6 +22,8 @@ def random_affine(x: torch.Tensor, *, rotation_deg: float = 0.0, shift: float = 
     x: (N, C, H, W) in [0, 1]. Returns a new tensor of the same shape, still in [0, 1]
     (bilinear interpolation of values in [0, 1]). With both amounts 0, returns ``x``.
     """
+    if fill not in ("zeros", "border"):
+        raise ValueError(f"fill must be 'zeros' or 'border', got {fill!r}")
     if rotation_deg == 0 and shift == 0:
         return x
     n = x.shape[0]

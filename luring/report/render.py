@@ -113,8 +113,8 @@ def _header(results: dict) -> list[str]:
     fam_key = results.get("family") or ""
     ds = str(results.get("dataset") or "")
     if fam_key in paper.PAPER_LABEL and not ds.startswith(fam_key):
-        lines.append(f"- the paper has no results for {ds}; the columns labelled "
-                     f"\"{paper.paper_label(fam_key)}\" are shown for scale only")
+        lines.append(f"- the paper has no results for {ds}; the rows and columns labelled "
+                     f"\"{paper.paper_label(fam_key, '…')}\" are shown for scale only")
     lines.append("")
     if results.get("settings"):
         text = json.dumps(to_jsonable(results["settings"]), indent=2, sort_keys=True)
