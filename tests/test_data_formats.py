@@ -114,36 +114,22 @@ def test_gz_with_trailing_bytes_in_payload(tmp_path, monkeypatch):
         load("mnist", "train", tmp_path)
 
 
-def test_wrong_magic(tmp_path):
+@pytest.mark.parametrize("name, array, magic, split, match", [
+    ("train-images-idx3-ubyte", np.zeros((12, 28, 28), np.uint8), 2049, "train",
+     "magic number 2049, expected 2051"),
+    ("train-labels-idx1-ubyte", np.zeros(11, np.uint8), 2049, "train",
+     "12 images but .* 11 labels"),
+    ("t10k-labels-idx1-ubyte", np.full(6, 10, np.uint8), 2049, "test", "label 10, outside"),
+    ("t10k-images-idx3-ubyte", np.zeros((6, 32, 32), np.uint8), 2051, "test",
+     "32×32 images, expected 28×28"),
+], ids=["wrong-magic", "count-mismatch", "label-out-of-range", "wrong-image-size"])
+def test_bad_idx_file(tmp_path, name, array, magic, split, match):
+    """One bad file in an otherwise valid IDX set: a one-line error naming the problem."""
     d = tmp_path / "MNIST" / "raw"
     make_idx_set(d, gz=False)
-    write_idx(d / "train-images-idx3-ubyte", np.zeros((12, 28, 28), np.uint8), 2049)
-    with pytest.raises(LuringError, match="magic number 2049, expected 2051"):
-        load("mnist", "train", tmp_path)
-
-
-def test_image_label_count_mismatch(tmp_path):
-    d = tmp_path / "MNIST" / "raw"
-    make_idx_set(d, gz=False)
-    write_idx(d / "train-labels-idx1-ubyte", np.zeros(11, np.uint8), 2049)
-    with pytest.raises(LuringError, match="12 images but .* 11 labels"):
-        load("mnist", "train", tmp_path)
-
-
-def test_label_out_of_range(tmp_path):
-    d = tmp_path / "MNIST" / "raw"
-    make_idx_set(d, gz=False)
-    write_idx(d / "t10k-labels-idx1-ubyte", np.full(6, 10, np.uint8), 2049)
-    with pytest.raises(LuringError, match="label 10, outside"):
-        load("mnist", "test", tmp_path)
-
-
-def test_wrong_image_size(tmp_path):
-    d = tmp_path / "MNIST" / "raw"
-    make_idx_set(d, gz=False)
-    write_idx(d / "t10k-images-idx3-ubyte", np.zeros((6, 32, 32), np.uint8), 2051)
-    with pytest.raises(LuringError, match="32×32 images, expected 28×28"):
-        load("mnist", "test", tmp_path)
+    write_idx(d / name, array, magic)
+    with pytest.raises(LuringError, match=match):
+        load("mnist", split, tmp_path)
 
 
 # --- CIFAR-10 ---------------------------------------------------------------------------

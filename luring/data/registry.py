@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from luring.errors import LuringError
+from luring.errors import lookup
 
 __all__ = ["DatasetSpec", "DATASETS", "register", "get_spec", "data_root", "SPLITS"]
 
@@ -57,11 +57,7 @@ def register(spec: DatasetSpec) -> DatasetSpec:
 
 def get_spec(name: str) -> DatasetSpec:
     """The spec of data set ``name``; an unknown name is a LuringError listing the known ones."""
-    try:
-        return DATASETS[name]
-    except KeyError:
-        known = ", ".join(sorted(DATASETS))
-        raise LuringError(f"unknown data set {name!r}; choose one of: {known}") from None
+    return lookup(DATASETS, name, "data set")
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:

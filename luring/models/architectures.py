@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from luring.errors import LuringError
+from luring.errors import LuringError, lookup
 
 __all__ = [
     "ArchSpec",
@@ -199,11 +199,7 @@ _DEFAULTS = {
 
 def arch_spec(name: str) -> ArchSpec:
     """The registered :class:`ArchSpec` for ``name``; a LuringError lists the known names."""
-    try:
-        return ARCHITECTURES[name]
-    except KeyError:
-        known = ", ".join(sorted(ARCHITECTURES))
-        raise LuringError(f"unknown architecture {name!r}; choose one of: {known}") from None
+    return lookup(ARCHITECTURES, name, "architecture")
 
 
 def build(name: str, in_channels: int | None = None, num_classes: int = 10,
