@@ -72,7 +72,8 @@ def test_profiles():
     assert "luring P trained 20 epochs, batch 32, Adam from 0.006 (cosine) (paper: 64 epochs, " \
         "batch 64, 0.001)" in diffs
     assert sum(" P trained " in d for d in diffs) == 4
-    assert differences_from_paper(paper, "mnist") == []
+    # the paper profile departs from the paper only where Stack would not train otherwise
+    assert [d[:6] for d in differences_from_paper(paper, "mnist")] == ["stack:"]
     assert step_size("2.5*eps/steps", 0.4, 10) == pytest.approx(0.1)
     with pytest.raises(LuringError):
         resolve_profile("fast", "mnist")

@@ -116,6 +116,10 @@ def differences_from_paper(settings: dict[str, Any], dataset: str) -> list[str]:
     if settings.get("images_correct_for") != "all":
         out.append("attacked test images are those M classifies correctly (paper: M and every T)")
 
+    if "stack" in settings.get("approaches", []):
+        out.append("stack: P+M trained with He initialisation and a one-epoch learning-rate "
+                   "warm-up added to appendix B's schedule (without them it stays at chance "
+                   "through P's sigmoid bottleneck)")
     if settings.get("profile") != "paper":
         out += _defense_differences(settings)
 
