@@ -164,9 +164,12 @@ def worst_case_search(source: nn.Module, target: nn.Module, x: torch.Tensor, y: 
     ac_m_all = torch.ones(len(x), dtype=torch.bool)
     ac_mop_all = torch.ones(len(x), dtype=torch.bool)
     defended_all = torch.ones(len(x), dtype=torch.bool)
+    # Without labels every setting attacks the source's own clean predictions: computed once
+    # here (same chunks as Attack.predict, so the same labels) instead of once per setting.
+    attack_y = y if use_labels else _predict(source, x, batch_size)
     bar = _progress_iter(attacks, progress)
     for i, atk in enumerate(bar):
-        x_adv = atk(x, y if use_labels else None).cpu()
+        x_adv = atk(x, attack_y).cpu()
         pred_m, pred_t = _predict(target, x_adv, batch_size), _predict(source, x_adv, batch_size)
         m_ok, t_ok, agree = pred_m == y, pred_t == y, pred_t == pred_m
         defended = m_ok | ~agree
