@@ -258,18 +258,23 @@ def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "lur
 
 def _evaluate(plan: _Plan, component: nn.Module, x_val: torch.Tensor, m_val: torch.Tensor,
               batch_size: int, dev: torch.device) -> dict[str, float]:
-    """Held-out agreement of T with M (and P's reconstruction loss), all modules in eval."""
+    """Held-out agreement of T with M (and P's reconstruction loss), all modules in eval.
+    One pass of P per chunk serves both figures (T = ``plan.augmented`` = head∘P)."""
     for m in plan.modules:
         m.eval()
+    head = plan.augmented.head
+    preds, rec = [], 0.0
     with torch.no_grad():
-        t_pred = predict_logits(plan.augmented, x_val, batch_size, dev).argmax(1)
-        rec = [reconstruction_loss(component(x_val[i:i + batch_size].to(dev)),
-                                   x_val[i:i + batch_size].to(dev)).item()
-               * len(x_val[i:i + batch_size]) for i in range(0, len(x_val), batch_size)]
+        for i in range(0, len(x_val), batch_size):
+            xb = x_val[i:i + batch_size].to(dev)
+            p = component(xb)
+            preds.append(head(p).float().cpu().argmax(1))
+            rec += reconstruction_loss(p, xb).item() * len(xb)
     for m in plan.modules:
         m.train()
+    t_pred = torch.cat(preds)
     return {"val_agreement": (t_pred == m_val.argmax(1)).float().mean().item(),
-            "val_reconstruction": sum(rec) / len(x_val)}
+            "val_reconstruction": rec / len(x_val)}
 
 
 @contextlib.contextmanager
