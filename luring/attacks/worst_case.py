@@ -27,6 +27,7 @@ from luring.attacks.iterative import IterativeAttack
 from luring.attacks.mim import MIM
 from luring.attacks.ti import DIMTI, MIMTI
 from luring.errors import LuringError
+from luring.models import predict_labels
 from luring.utils import check_images
 from luring.utils import progress as progress_bar
 
@@ -117,13 +118,10 @@ def _make(setting: dict[str, Any], source: nn.Module, common: dict[str, Any]) ->
         raise LuringError(f"bad worst-case setting {setting}: {exc}") from None
 
 
-@torch.no_grad()
 def _predict(model: nn.Module, x: torch.Tensor, batch_size: int | None) -> torch.Tensor:
-    dev = model_device(model) or x.device
-    step = batch_size or max(len(x), 1)
     with eval_frozen(model):
-        out = [model(x[s:s + step].to(dev)).argmax(1).cpu() for s in range(0, len(x), step)]
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+        return predict_labels(model, x, batch_size or max(len(x), 1),
+                              model_device(model) or x.device)
 
 
 def worst_case_search(source: nn.Module, target: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -109,16 +109,14 @@ def agreement(env: Env, names: list[str]) -> dict[str, Any]:
     of images misclassified after the attack), the difference in points, the fraction of
     images with the same outcome and the largest pixel difference to luring's examples."""
     from luring.attacks import MIM
+    from luring.models import predict_labels
 
     c = env.cfg
     x, y = attack_batch(env, c.agree_images)
     model = env.target
 
-    @torch.no_grad()
     def success(x_adv: torch.Tensor) -> torch.Tensor:
-        preds = torch.cat([model(x_adv[i:i + c.batch]).argmax(1)
-                           for i in range(0, len(x_adv), c.batch)])
-        return preds != y
+        return predict_labels(model, x_adv, c.batch) != y.cpu()
 
     ours = MIM(model, eps=c.eps, steps=c.agree_steps, alpha=c.alpha, batch_size=c.batch)(x, y)
     ok_ours = success(ours)

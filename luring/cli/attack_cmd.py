@@ -143,16 +143,10 @@ def _resolve_params(args: argparse.Namespace, family: str | None) -> dict[str, A
     return given
 
 
-@torch.no_grad()
-def _predict(model: torch.nn.Module, x: torch.Tensor, step: int, device: torch.device
-             ) -> torch.Tensor:
-    return torch.cat([model(x[s:s + step].to(device)).argmax(1).cpu()
-                      for s in range(0, len(x), step)])
-
-
 def run_attack(args: argparse.Namespace) -> int:
     """Handler of ``luring attack``."""
     from luring.data import get_spec, load
+    from luring.models import predict_labels
 
     device = resolve_device(args.device)
     out = ensure_dir(args.out)
@@ -193,8 +187,8 @@ def run_attack(args: argparse.Namespace) -> int:
                 extra[k].append(getattr(atk, k).cpu())
     wall = time.perf_counter() - t0
     x_adv = torch.cat(parts)
-    pred_clean = _predict(model, x, step, device)
-    pred_adv = _predict(model, x_adv, step, device)
+    pred_clean = predict_labels(model, x, step, device)
+    pred_adv = predict_labels(model, x_adv, step, device)
     tensors = {"x": x, "x_adv": x_adv, "y": y.long(), "pred_clean": pred_clean,
                "pred_adv": pred_adv}
     atomic_write_bytes(out / "adversarial.safetensors",

@@ -31,7 +31,7 @@ from torch import nn
 from luring.defense.evaluate import clean_table_markdown
 from luring.defense.train import TrainedDefense
 from luring.errors import LuringError
-from luring.models import Stacked, load_checkpoint, save_checkpoint
+from luring.models import Stacked, load_checkpoint, predict_labels, save_checkpoint
 from luring.utils import (
     atomic_write_json,
     atomic_write_text,
@@ -83,12 +83,9 @@ class Defense:
                               f"(N, {c}, {h}, {w})")
         return x
 
-    @torch.no_grad()
     def _labels(self, model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         self.check(x)
-        out = [model(x[i:i + batch_size].to(self.device)).argmax(1).cpu()
-               for i in range(0, len(x), batch_size)]
-        return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+        return predict_labels(model, x, batch_size, self.device)
 
     def predict(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """T's labels, int64 (N,), for images float32 (N, C, H, W) in [0, 1]."""

@@ -28,6 +28,7 @@ from luring.defense.settings import defense_settings, resolve_settings
 from luring.errors import LuringError
 from luring.models import Stacked, build, default_architectures
 from luring.models.augment import random_affine
+from luring.models.predict import predict_logits
 from luring.utils import check_images, make_generator, progress, resolve_device
 
 __all__ = ["train_defense", "TrainedDefense", "ImageBatches", "init_parameters", "lr_at",
@@ -148,17 +149,6 @@ class ImageBatches:
                                    fill=self.augment.get("fill", "zeros"),
                                    generator=self.generator)
             yield xb.to(self.device, non_blocking=True), idx
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1000,
-                   device: torch.device | str | None = None) -> torch.Tensor:
-    """``model``'s outputs on ``images`` (N, C, H, W), in chunks, no gradient; returned on
-    the CPU. The model's mode is left as it is (call ``.eval()`` first)."""
-    dev = device or next(model.parameters()).device
-    outs = [model(images[i:i + batch_size].to(dev)).float().cpu()
-            for i in range(0, len(images), batch_size)]
-    return torch.cat(outs) if outs else torch.empty(0)
 
 
 def _luring_plan(target: nn.Module, component: nn.Module, m_logits: torch.Tensor,

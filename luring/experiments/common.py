@@ -10,18 +10,16 @@ import torch
 from torch import nn
 
 from luring.experiments.profiles import step_size
+from luring.models import predict_labels
 
 __all__ = ["predict", "select_images", "unit_seed", "make_attack", "aggregate", "ATTACK_NAMES"]
 
 ATTACK_NAMES = ("fgsm", "pgd", "mim", "mim-l2", "spsa", "eco", "cw-l2")
 
 
-@torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """Top-1 labels (N,) int64 on CPU of ``model`` (eval mode) for images x (N, C, H, W)."""
-    dev = next(model.parameters()).device
-    out = [model(x[i:i + batch_size].to(dev)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    return predict_labels(model, x, batch_size)
 
 
 def unit_seed(seed: int, *parts: object) -> int:

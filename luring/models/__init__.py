@@ -16,6 +16,7 @@ from luring.models.checkpoint import (
     read_sidecar,
     save_checkpoint,
 )
+from luring.models.predict import predict_labels, predict_logits
 
 __all__ = [
     "ARCHITECTURES",
@@ -29,6 +30,8 @@ __all__ = [
     "load_weights_into",
     "read_sidecar",
     "save_checkpoint",
+    "predict_labels",
+    "predict_logits",
     "load_model",
 ]
 

@@ -22,6 +22,7 @@ from torch import nn
 from luring.errors import LuringError
 from luring.models.architectures import build, default_architectures
 from luring.models.augment import random_affine
+from luring.models.predict import predict_labels
 from luring.utils import (
     atomic_write_json,
     atomic_write_text,
@@ -115,11 +116,7 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       batch_size: int = 500) -> float:
     """Top-1 accuracy of ``model`` (put in eval mode) on images x (N, C, H, W) in [0, 1]."""
     model.eval()
-    dev = next(model.parameters()).device
-    correct = 0
-    for i in range(0, len(x), batch_size):
-        pred = model(x[i:i + batch_size].to(dev)).argmax(1).cpu()
-        correct += int((pred == y[i:i + batch_size]).sum())
+    correct = int((predict_labels(model, x, batch_size) == y.cpu()).sum())
     return correct / max(len(x), 1)
 
 

@@ -1,0 +1,44 @@
+"""Chunked inference of any model (M, P, T = M∘P): the one loop every stage uses to get
+logits or labels of many images without a gradient."""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+__all__ = ["predict_logits", "predict_labels"]
+
+
+def _device(model: nn.Module, images: torch.Tensor,
+            device: torch.device | str | None) -> torch.device | str:
+    if device is not None:
+        return device
+    tensors = itertools.chain(model.parameters(), model.buffers()) \
+        if isinstance(model, nn.Module) else iter(())
+    first = next(tensors, None)
+    return first.device if first is not None else images.device
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1000,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """``model``'s outputs on ``images`` (N, C, H, W), in chunks of ``batch_size``, no
+    gradient; returned as float32 on the CPU. ``device``: where the chunks are run (default:
+    the model's). The model's mode is left as it is (call ``.eval()`` first)."""
+    dev = _device(model, images, device)
+    outs = [model(images[i:i + batch_size].to(dev)).float().cpu()
+            for i in range(0, len(images), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+@torch.no_grad()
+def predict_labels(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """Top-1 labels, int64 (N,) on the CPU, of ``model`` for ``images`` (N, C, H, W), in
+    chunks of ``batch_size``, no gradient (an empty input gives an empty tensor)."""
+    dev = _device(model, images, device)
+    out = [model(images[i:i + batch_size].to(dev)).argmax(1).cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
