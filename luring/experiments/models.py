@@ -33,9 +33,11 @@ def _build_dir(final: Path, build: Callable[[Path], None]) -> None:
 
 def prepare_models(run: RunDir, dataset: str, settings: dict[str, Any], seeds: list[int],
                    device: torch.device, data_dir: str | None, target_dir: str | None,
+                   test: tuple[torch.Tensor, torch.Tensor],
                    log: Callable[[str], None] = print) -> tuple[torch.nn.Module, dict]:
-    """Train or reuse M and every approach's defense. Returns ``(M, {approach: {seed:
-    Defense}})`` with all models on ``device`` in eval mode."""
+    """Train or reuse M and every approach's defense; ``test`` (the test split the caller
+    already holds) gives each new defense its clean evaluation. Returns ``(M, {approach:
+    {seed: Defense}})`` with all models on ``device`` in eval mode."""
     from luring.defense import load as load_defense
 
     spec = get_spec(dataset)
@@ -54,18 +56,18 @@ def prepare_models(run: RunDir, dataset: str, settings: dict[str, Any], seeds: l
     for p in target.parameters():
         p.requires_grad_(False)
     log(f"target M: {meta['architecture']}, test accuracy {meta.get('test_accuracy')}")
-    data: list = []  # (x_train, y_train, x_test, y_test), loaded on first use
+    train: list = []  # (x_train, y_train), loaded on first use
     defenses: dict[str, dict[int, Any]] = {}
     for approach in settings["approaches"]:
         defenses[approach] = {}
         for s in seeds:
             ddir = models / f"{approach}-s{s}"
             if not (ddir / "defense.json").exists():
-                if not data:
-                    data.extend(load(dataset, "train", data_dir) + load(dataset, "test", data_dir))
+                if not train:
+                    train.extend(load(dataset, "train", data_dir))
                 log(f"training the {approach} defense (seed {s}) ...")
                 _build_dir(ddir, lambda d, a=approach, s=s: _train_defense(
-                    target, meta, tdir, d, a, spec, settings, s, device, data))
+                    target, meta, tdir, d, a, spec, settings, s, device, (*train, *test)))
             defenses[approach][s] = load_defense(ddir, device=device)
     return target, defenses
 

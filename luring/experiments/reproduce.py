@@ -67,21 +67,25 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
                                                                 "versions": versions()})
         x_test, y_test = load(dataset, "test", data_dir)
         target, defenses = prepare_models(run, dataset, settings, seed_list, dev, data_dir,
-                                          target_dir, log=log)
+                                          target_dir, (x_test, y_test), log=log)
         first = {a: per_seed[seed_list[0]] for a, per_seed in defenses.items()}
         results: dict[str, Any] = {
             "dataset": dataset, "family": spec.family, "profile": profile, "seed": seed,
             "seeds": seed_list, "settings": settings,
             "differences_from_paper": differences_from_paper(settings, dataset),
             "clean": _clean(target, defenses, x_test, y_test), "rows": [],
-            "versions": {k: v for k, v in versions().items()},
+            "versions": versions(),
         }
         all_models = [target]
         if settings["images_correct_for"] == "all":
             all_models += [d.augmented for per in defenses.values() for d in per.values()]
 
+        # Test images every model classifies correctly, in the run's seeded order: predicted
+        # once here, each experiment takes the first n.
+        eligible = select_images(x_test, y_test, all_models, len(x_test), seed)
+
         def images(n: int, tag: str) -> tuple[torch.Tensor, torch.Tensor]:
-            idx = select_images(x_test, y_test, all_models, n, seed)
+            idx = eligible[:n]
             if len(idx) < n:
                 log(f"note: only {len(idx)} test images are classified correctly by every "
                     f"model; {tag} uses {len(idx)} instead of {n}")

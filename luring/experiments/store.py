@@ -86,12 +86,11 @@ class RunDir:
         """Return the stored unit ``kind/key``, or run ``fn`` and store its result."""
         path = self.unit_path(kind, key)
         if path.exists():
-            data = st_load(path.read_bytes())
-            meta: dict[str, Any] = {}
-            with open(path, "rb") as fh:  # metadata is in the JSON header
-                n = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(n))
-            meta = json.loads(header.get("__metadata__", {}).get("json", "{}"))
+            blob = path.read_bytes()
+            data = st_load(blob)
+            n = int.from_bytes(blob[:8], "little")  # the metadata is in the JSON header
+            header = json.loads(blob[8:8 + n])
+            meta: dict[str, Any] = json.loads(header.get("__metadata__", {}).get("json", "{}"))
             self.reused.append(f"{kind}/{key}")
             return data, meta
         tensors, meta = fn()
