@@ -104,6 +104,12 @@ def eval_frozen(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def linf_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The l∞ ε-ball around images x (in [0, 1]) intersected with [0, 1]: per-pixel bounds
+    ``(max(x - ε, 0), min(x + ε, 1))``, same shape as x."""
+    return (x - eps).clamp_(0, 1), (x + eps).clamp_(0, 1)
+
+
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``max_{j != y} z_j - z_y`` per example (N,): > 0 exactly when the prediction is not y.
     The true class is masked with -inf (not 0) before the max."""

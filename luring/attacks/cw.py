@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from luring.attacks.base import Attack, check_float, check_int, margin
+from luring.attacks.base import Attack, check_float, check_int, linf_box, margin
 
 __all__ = ["CWL2"]
 
@@ -80,7 +80,7 @@ class CWL2(Attack):
     def _run(self, x: torch.Tensor, y: torch.Tensor, index0: int) -> torch.Tensor:
         n, shape = len(x), (-1, *([1] * (x.dim() - 1)))
         w0 = torch.atanh((2 * x - 1) * (1 - 1e-6))
-        lo, hi = (x - self.eps).clamp(0, 1), (x + self.eps).clamp(0, 1)
+        lo, hi = linf_box(x, self.eps)
         lower = torch.zeros(n, dtype=torch.float64, device=x.device)
         upper = torch.full((n,), 1e10, dtype=torch.float64, device=x.device)
         const = torch.full((n,), self.const, dtype=torch.float64, device=x.device)

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from luring.attacks.base import Attack, check_int, example_seed, margin
+from luring.attacks.base import Attack, check_int, example_seed, linf_box, margin
 from luring.utils import make_generator
 
 __all__ = ["ECO", "split_blocks"]
@@ -104,7 +104,7 @@ class ECO(Attack):
     def _search(self, x: torch.Tensor, gen: torch.Generator, budget: int) -> Search:
         """Yields candidate images (k, C, H, W), receives their losses (k floats), returns
         ``(adversarial image (C, H, W), queries used)``."""
-        plus, minus = (x + self.eps).clamp(0, 1), (x - self.eps).clamp(0, 1)
+        minus, plus = linf_box(x, self.eps)
         pos = torch.zeros(x.shape, dtype=torch.bool)        # +ε where True (CPU bookkeeping)
         img = minus.clone()
         used = 0

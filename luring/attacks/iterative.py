@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from luring.attacks.base import Attack, check_float, check_int, example_generators
+from luring.attacks.base import Attack, check_float, check_int, example_generators, linf_box
 from luring.errors import LuringError
 
 __all__ = ["IterativeAttack", "InputTransform", "GradTransform", "NORMS"]
@@ -149,10 +149,13 @@ class IterativeAttack(Attack):
         norm = torch.where(norm > 0, norm, torch.ones_like(norm))
         return x_adv + (self.alpha / norm).view(-1, *([1] * (d.dim() - 1))) * d
 
-    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Onto the l∞ ε-ball (or the l2 ``eps_l2``-ball) around x, then into [0, 1]."""
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor,
+                box: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Onto the l∞ ε-ball (or the l2 ``eps_l2``-ball) around x, then into [0, 1]. For l∞,
+        ``box`` may pass ``linf_box(x, eps)`` computed once for many calls."""
         if self.norm == "linf":
-            return torch.minimum(torch.maximum(x_adv, x - self.eps), x + self.eps).clamp_(0, 1)
+            lo, hi = box if box is not None else linf_box(x, self.eps)
+            return torch.clamp(x_adv, lo, hi)
         d = x_adv - x
         norm = d.flatten(1).norm(dim=1)
         scale = torch.where(norm > self.eps_l2, self.eps_l2 / norm.clamp_min(1e-12),
@@ -175,14 +178,8 @@ class IterativeAttack(Attack):
             self.input_transform.setup(len(x), self.steps, self.seed, index0, x.device)
         x_adv = self.init_adv(x, index0)
         momentum = torch.zeros_like(x) if self.mu is not None else None
-        # The l∞ box [max(x-ε, 0), min(x+ε, 1)] is computed once per chunk: clamping into it
-        # equals ``project`` exactly (same values, fewer passes). A subclass that overrides
-        # ``project`` keeps its own.
-        box = None
-        if self.norm == "linf" and type(self).project is IterativeAttack.project:
-            box = ((x - self.eps).clamp_(min=0), (x + self.eps).clamp_(max=1))
+        box = linf_box(x, self.eps) if self.norm == "linf" else None  # once per chunk
         for step in range(self.steps):
             g = self.transform_grad(self.input_grad(x_adv, y, step))
-            x_adv = self.update(x_adv, self.accumulate(g, momentum))
-            x_adv = x_adv.clamp_(*box) if box is not None else self.project(x_adv, x)
+            x_adv = self.project(self.update(x_adv, self.accumulate(g, momentum)), x, box)
         return x_adv

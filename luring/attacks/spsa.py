@@ -32,6 +32,7 @@ from luring.attacks.base import (
     eval_frozen,
     example_generators,
     example_seed,
+    linf_box,
     margin,
 )
 from luring.errors import LuringError
@@ -152,7 +153,7 @@ class SPSA(Attack):
 
     @torch.no_grad()
     def _run(self, x: torch.Tensor, y: torch.Tensor, index0: int) -> torch.Tensor:
-        lo, hi = (x - self.eps).clamp_(0, 1), (x + self.eps).clamp_(0, 1)
+        lo, hi = linf_box(x, self.eps)
         x_adv = x.clone()
         if self.random_start and self.eps > 0:
             gens = example_generators(self.seed, index0, len(x), "spsa-start", x.device)
