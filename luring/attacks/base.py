@@ -110,6 +110,18 @@ def linf_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     return (x - eps).clamp_(0, 1), (x + eps).clamp_(0, 1)
 
 
+def adam_step(m: torch.Tensor, v: torch.Tensor, g: torch.Tensor, t: int, lr: float,
+              beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> torch.Tensor:
+    """One Adam step for gradient ``g`` at step ``t`` (0-based): updates the moment estimates
+    ``m`` and ``v`` in place and returns ``lr · m̂ / (√v̂ + eps)`` (same shape as g; the
+    caller adds it to ascend or subtracts it to descend)."""
+    m.mul_(beta1).add_(g, alpha=1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    m_hat = m / (1 - beta1 ** (t + 1))
+    v_hat = v / (1 - beta2 ** (t + 1))
+    return lr * m_hat / (v_hat.sqrt() + eps)
+
+
 def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """``max_{j != y} z_j - z_y`` per example (N,): > 0 exactly when the prediction is not y.
     The true class is masked with -inf (not 0) before the max."""

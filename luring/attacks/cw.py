@@ -18,7 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from luring.attacks.base import Attack, check_float, check_int, linf_box, margin
+from luring.attacks.base import (
+    Attack,
+    adam_step,
+    check_float,
+    check_int,
+    linf_box,
+    margin,
+)
 
 __all__ = ["CWL2"]
 
@@ -111,10 +118,7 @@ class CWL2(Attack):
                     better = ok & (l2sq < best_l2)
                     best_l2 = torch.where(better, l2sq, best_l2)
                     best_adv = torch.where(better.view(shape), x_new.detach(), best_adv)
-                    m.mul_(0.9).add_(g, alpha=0.1)
-                    v.mul_(0.999).addcmul_(g, g, value=0.001)
-                    m_hat, v_hat = m / (1 - 0.9 ** (t + 1)), v / (1 - 0.999 ** (t + 1))
-                    offset = offset.detach() - self.lr * m_hat / (v_hat.sqrt() + 1e-8)
+                    offset = offset.detach() - adam_step(m, v, g, t, self.lr)
             upper = torch.where(step_ok, torch.minimum(upper, const), upper)
             lower = torch.where(step_ok, lower, torch.maximum(lower, const))
             const = torch.where(upper < 1e9, (lower + upper) / 2, const * 10)

@@ -27,6 +27,7 @@ from torch import nn
 
 from luring.attacks.base import (
     Attack,
+    adam_step,
     check_float,
     check_int,
     eval_frozen,
@@ -164,10 +165,7 @@ class SPSA(Attack):
         v = torch.zeros_like(x)
         for t in range(self.steps):
             g = self._estimate(x_adv, y, t, index0)
-            m.mul_(self.beta1).add_(g, alpha=1 - self.beta1)
-            v.mul_(self.beta2).addcmul_(g, g, value=1 - self.beta2)
-            m_hat = m / (1 - self.beta1 ** (t + 1))
-            v_hat = v / (1 - self.beta2 ** (t + 1))
-            x_adv = x_adv + self.lr * m_hat / (v_hat.sqrt() + self.adam_eps)
+            x_adv = x_adv + adam_step(m, v, g, t, self.lr, self.beta1, self.beta2,
+                                      self.adam_eps)
             x_adv = torch.minimum(torch.maximum(x_adv, lo), hi)
         return x_adv

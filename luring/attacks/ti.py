@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from luring.attacks.base import check_float, check_int
-from luring.attacks.dim import DiverseInput
+from luring.attacks.dim import DIM
 from luring.attacks.mim import MIM
 
 __all__ = ["gaussian_kernel", "GaussianSmoothing", "MIMTI", "DIMTI"]
@@ -77,8 +77,8 @@ class MIMTI(MIM):
                          batch_size=batch_size)
 
 
-class DIMTI(MIM):
-    """MIM with DI (probability ``p``) and TI (``kernel_size``). Other arguments as
+class DIMTI(DIM):
+    """DIM (input diversity, probability ``p``) with TI (``kernel_size``). Other arguments as
     :class:`~luring.attacks.mim.MIM`."""
 
     name = "dim-ti"
@@ -87,7 +87,7 @@ class DIMTI(MIM):
                  mu: float = 1.0, p: float = 1.0, kernel_size: int = 5, *, nsig: float = 3.0,
                  norm: str = "linf", eps_l2: float | None = None, clip_linf: bool = True,
                  seed: int = 0, batch_size: int | None = None) -> None:
-        super().__init__(model, eps=eps, steps=steps, alpha=alpha, mu=mu, norm=norm,
-                         eps_l2=eps_l2, clip_linf=clip_linf, input_transform=DiverseInput(p),
+        super().__init__(model, eps=eps, steps=steps, alpha=alpha, mu=mu, p=p, norm=norm,
+                         eps_l2=eps_l2, clip_linf=clip_linf,
                          grad_transform=GaussianSmoothing(kernel_size, nsig), seed=seed,
                          batch_size=batch_size)
