@@ -83,19 +83,16 @@ class Defense:
                               f"(N, {c}, {h}, {w})")
         return x
 
-    def _labels(self, model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-        self.check(x)
-        return predict_labels(model, x, batch_size, self.device)
-
     def predict(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """T's labels, int64 (N,), for images float32 (N, C, H, W) in [0, 1]."""
-        return self._labels(self.augmented, x, batch_size)
+        return predict_labels(self.augmented, self.check(x), batch_size, self.device)
 
     def detect(self, x: torch.Tensor, batch_size: int = 1000) -> Detection:
         """The detection scheme of section 4.1: T's label, M's label and whether they differ
         (an input is flagged as adversarial exactly when T(x) ≠ M(x))."""
-        t = self._labels(self.augmented, x, batch_size)
-        m = self._labels(self.target, x, batch_size)
+        self.check(x)  # once for both models
+        t = predict_labels(self.augmented, x, batch_size, self.device)
+        m = predict_labels(self.target, x, batch_size, self.device)
         return Detection(t, m, t != m)
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from luring.defense.loss import luring_loss, reconstruction_loss, soft_cross_entropy
-from luring.defense.settings import defense_settings, resolve_settings
+from luring.defense.settings import METHODS, defense_settings, resolve_settings
 from luring.errors import LuringError
 from luring.models import Stacked, build, default_architectures
 from luring.models.augment import random_affine
@@ -153,13 +153,17 @@ class ImageBatches:
 
 def _luring_plan(target: nn.Module, component: nn.Module, m_logits: torch.Tensor,
                  method: str, lam: float | None) -> _Plan:
+    """Luring or C_E: P trained through the frozen M against M's logits ``m_logits`` (N, K),
+    already on the training device, indexed by each batch's image indices."""
     t = Stacked(component, target)
+    if method == "luring":
+        lam_f = float(lam)  # type: ignore[arg-type]
 
-    def loss(xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        mb = m_logits[idx].to(xb.device, non_blocking=True)
-        if method == "luring":
-            return luring_loss(t(xb), mb, float(lam))  # type: ignore[arg-type]
-        return soft_cross_entropy(t(xb), mb)
+        def loss(xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return luring_loss(t(xb), m_logits[idx], lam_f)
+    else:
+        def loss(xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return soft_cross_entropy(t(xb), m_logits[idx])
 
     return _Plan(list(component.parameters()), [component], loss, t)
 
@@ -190,6 +194,8 @@ def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "lur
                          defense_settings(family, method, "paper"))
     if s.get("method", method) != method:
         raise LuringError(f"settings are for method {s['method']!r}, not {method!r}")
+    if method not in METHODS:
+        raise LuringError(f"unknown method {method!r}; choose luring, ce, auto or stack")
     s["method"] = method
     check_images(images, name="training images")
     dev = resolve_device(device)
@@ -221,15 +227,14 @@ def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "lur
             m_logits = predict_logits(target, images if need_all else images[val_idx],
                                       s["eval_batch_size"], dev)
             m_val = m_logits[val_idx] if need_all else m_logits
-            if method in ("luring", "ce"):
-                plan = _luring_plan(target, component, m_logits, method, s.get("lambda"))
+            if need_all:
+                plan = _luring_plan(target, component, m_logits.to(dev), method,
+                                    s.get("lambda"))
             elif method == "auto":
                 plan = auto_plan(target, component)
-            elif method == "stack":
+            else:  # stack
                 plan = stack_plan(component, labels, head_arch, head_kwargs or {}, c_in,
                                   int(m_val.shape[1]) if n_val else None, s["init"], gen, dev)
-            else:
-                raise LuringError(f"unknown method {method!r}; choose luring, ce, auto or stack")
             history, selection = _loop(plan, component, images, train_idx, val_idx, m_val,
                                        s, gen, dev, desc or f"train {method}")
     finally:
