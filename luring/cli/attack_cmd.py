@@ -21,8 +21,17 @@ import torch
 from safetensors.torch import save as st_save
 
 from luring.attacks import ATTACKS, attack_parameters, create
-from luring.cli.common import LuringParser, add_common, nonneg_int, pos_float, pos_int, unit_float
+from luring.cli.common import (
+    LuringParser,
+    add_common,
+    nonneg_float,
+    nonneg_int,
+    pos_float,
+    pos_int,
+    unit_float,
+)
 from luring.errors import LuringError
+from luring.experiments.profiles import ECO_BLOCK, L2_BOUND
 from luring.utils import (
     atomic_write_bytes,
     atomic_write_json,
@@ -53,18 +62,6 @@ ATTACK_OPTIONS: dict[str, tuple[Any, str]] = {
     "binary_steps": (pos_int, "CW binary-search steps (paper 10)"),
     "const": (pos_float, "CW initial constant (paper 0.5)"),
 }
-ECO_BLOCK = {"mnist": 2, "svhn": 8, "cifar10": 4}
-L2_BOUND = {"mnist": 30.0}
-
-
-def _nonneg_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
-    return v
 
 
 def _attack_name(text: str) -> str:
@@ -98,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> LuringParser:
         if typ is bool:
             g.add_argument(flag, action="store_true", default=None, help=text)
         else:
-            g.add_argument(flag, type=typ or _nonneg_float, default=None, help=text)
+            g.add_argument(flag, type=typ or nonneg_float, default=None, help=text)
     add_common(p, out_help="output directory for adversarial.safetensors and attack.json")
     p.set_defaults(handler=run_attack)
     return p

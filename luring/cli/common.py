@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["add_common", "nonneg_int", "pos_int", "unit_float", "pos_float", "LuringParser"]
+__all__ = ["add_common", "nonneg_int", "pos_int", "unit_float", "pos_float", "nonneg_float",
+           "fraction", "LuringParser"]
 
 
 class LuringParser(argparse.ArgumentParser):
@@ -70,6 +71,26 @@ def unit_float(text: str) -> float:
     if not 0.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {v}")
     return v
+
+
+def nonneg_float(text: str) -> float:
+    """A finite number ≥ 0."""
+    v = _float(text)
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number ≥ 0, got {text}")
+    return v
+
+
+def fraction(low: float, high: float, *, high_open: bool = False):
+    """A parser for a number in [low, high] (or [low, high) with ``high_open``)."""
+    def parse(text: str) -> float:
+        v = _float(text)
+        ok = low <= v < high if high_open else low <= v <= high
+        if not ok:
+            raise argparse.ArgumentTypeError(
+                f"must be in [{low}, {high}{')' if high_open else ']'}, got {v}")
+        return v
+    return parse
 
 
 def pos_float(text: str) -> float:

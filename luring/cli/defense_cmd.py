@@ -11,23 +11,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from luring.cli.common import add_common, nonneg_int, pos_float, pos_int
+from luring.cli.common import add_common, fraction, nonneg_int, pos_float, pos_int
 
 __all__ = ["register"]
-
-
-def _fraction(low: float, high: float, *, high_open: bool = False):
-    def parse(text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        ok = low <= v < high if high_open else low <= v <= high
-        if not ok:
-            raise argparse.ArgumentTypeError(
-                f"must be in [{low}, {high}{')' if high_open else ']'}, got {v}")
-        return v
-    return parse
 
 
 def register(subparsers) -> None:
@@ -56,9 +42,9 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=pos_int, default=None, help="batch size")
     p.add_argument("--lr", type=pos_float, default=None,
                    help="peak learning rate (the schedule is rescaled)")
-    p.add_argument("--dropout", type=_fraction(0.0, 1.0, high_open=True), default=None,
+    p.add_argument("--dropout", type=fraction(0.0, 1.0, high_open=True), default=None,
                    help="dropout of P, in [0, 1)")
-    p.add_argument("--val-fraction", type=_fraction(0.0, 0.5), default=None,
+    p.add_argument("--val-fraction", type=fraction(0.0, 0.5), default=None,
                    help="held-out part of the unlabelled training images used for the "
                    "label-free checkpoint selection (default 0.1; 0 keeps the last epoch)")
     p.add_argument("--eval-every", type=nonneg_int, default=None,

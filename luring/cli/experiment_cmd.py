@@ -9,10 +9,10 @@ import argparse
 import sys
 
 from luring.cli.common import add_common, pos_int
+from luring.experiments.profiles import EXPERIMENTS
 
 __all__ = ["register"]
 
-_EXPERIMENTS = ("characterize", "defend", "distortion", "logits", "saliency")
 
 
 def _options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
@@ -36,11 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train (or reuse) M and the four P, run every experiment and "
                        "write the report. Rerunning the same command resumes.")
     _options(p)
-    p.set_defaults(handler=lambda a: _run(a, _EXPERIMENTS))
+    p.set_defaults(handler=lambda a: _run(a, EXPERIMENTS))
     p = sub.add_parser("demo", help="reproduce on mnist-5k with the quick profile into "
                        "./luring-demo (about 10 minutes on a 2-core CPU)")
     _options(p, demo=True)
-    p.set_defaults(handler=lambda a: _run(a, _EXPERIMENTS, dataset="mnist-5k", profile="quick"))
+    p.set_defaults(handler=lambda a: _run(a, EXPERIMENTS, dataset="mnist-5k", profile="quick"))
     for name, text in [("characterize", "section 3: DR and IAR of FGSM, PGD, MIM, MIM-L2 "
                         "(figure 2)"),
                        ("defend", "section 4: SPSA, ECO and MIM-W against each approach "

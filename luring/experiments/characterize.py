@@ -44,17 +44,23 @@ def run_characterize(run: RunDir, target: torch.nn.Module, defenses: dict[str, l
                     {"params": attack.params(), "n": len(x)})
 
         preds[(s, a, atk, e)] = run.unit("characterize", f"s{s}-{a}-{atk}-eps{e}", craft)[0]
+    # Examples successful on the T of every approach, per (seed, attack, ε).
+    common: dict[tuple, torch.Tensor] = {}
+    for s, _, atk, e in units:
+        if (s, atk, e) not in common:
+            ok = torch.ones(len(y), dtype=torch.bool)
+            for b in defenses:
+                ok &= preds[(s, b, atk, e)]["t_pred"] != y
+            common[(s, atk, e)] = ok
     rows = []
     for a in defenses:
         for atk in CHARACTERIZE_ATTACKS:
             for e in settings["eps"]:
                 per_seed = []
                 for s in seeds:
-                    common = torch.ones(len(y), dtype=torch.bool)
-                    for b in defenses:
-                        common &= preds[(s, b, atk, e)]["t_pred"] != y
+                    mask = common[(s, atk, e)]
                     p = preds[(s, a, atk, e)]
-                    t, m, yy = p["t_pred"][common], p["m_pred"][common], y[common]
+                    t, m, yy = p["t_pred"][mask], p["m_pred"][mask], y[mask]
                     per_seed.append({"dr": disagreement_rate(t, m, yy),
                                      "iar": inefficient_rate(t, m, yy)})
                 rows.append(aggregate("characterize", a, atk, e, per_seed))

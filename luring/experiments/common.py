@@ -12,9 +12,8 @@ from torch import nn
 from luring.experiments.profiles import step_size
 from luring.models import predict_labels
 
-__all__ = ["predict", "select_images", "unit_seed", "make_attack", "aggregate", "ATTACK_NAMES"]
+__all__ = ["predict", "select_images", "unit_seed", "make_attack", "aggregate"]
 
-ATTACK_NAMES = ("fgsm", "pgd", "mim", "mim-l2", "spsa", "eco", "cw-l2")
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:

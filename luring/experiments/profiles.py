@@ -11,14 +11,17 @@ from typing import Any
 
 from luring.errors import LuringError
 
-__all__ = ["PROFILES", "resolve_profile", "APPROACHES", "differences_from_paper"]
+__all__ = ["PROFILES", "resolve_profile", "APPROACHES", "EXPERIMENTS", "ECO_BLOCK", "L2_BOUND",
+           "differences_from_paper"]
 
 APPROACHES = ("stack", "auto", "ce", "luring")
+EXPERIMENTS = ("characterize", "defend", "distortion", "logits", "saliency")
 
 _EPS = {"mnist": [0.2, 0.3, 0.4], "svhn": [0.03, 0.06, 0.08], "cifar10": [0.02, 0.03, 0.04]}
-_L2_BOUND = {"mnist": 30.0, "svhn": 2.0, "cifar10": 2.0}
 _MIMW_STEPS = {"mnist": 1000, "svhn": 500, "cifar10": 100}
-_ECO_BLOCK = {"mnist": 2, "svhn": 8, "cifar10": 4}
+#: Per family: the l2 bound of MIM-L2 and ECO's initial block size (appendices D and F).
+L2_BOUND = {"mnist": 30.0, "svhn": 2.0, "cifar10": 2.0}
+ECO_BLOCK = {"mnist": 2, "svhn": 8, "cifar10": 4}
 _P_GRID = [round(0.1 * i, 1) for i in range(1, 11)]
 _K_GRID = [3, 5, 10, 15]
 
@@ -34,10 +37,10 @@ def _paper(family: str) -> dict[str, Any]:
         # since its one-epoch defenses are too weak to share enough correct images)
         "images_correct_for": "all",
         "characterize": {"n": 1000, "steps": 1000, "step_size": 0.01, "mu": 1.0,
-                         "eps_l2": _L2_BOUND[family], "step_size_l2": 0.01},
+                         "eps_l2": L2_BOUND[family], "step_size_l2": 0.01},
         "defend": {"n": 1000,
                    "spsa": {"iterations": 100, "samples": 128, "delta": 0.01, "lr": 0.1},
-                   "eco": {"max_queries": 20000, "block_size": _ECO_BLOCK[family]},
+                   "eco": {"max_queries": 20000, "block_size": ECO_BLOCK[family]},
                    "mim_w": {"steps": _MIMW_STEPS[family], "step_size": 0.01, "mu": 1.0,
                              "p_values": _P_GRID, "kernel_sizes": _K_GRID}},
         "distortion": {"n": 1000, "binary_steps": 10, "iterations": 500, "lr": 0.1,

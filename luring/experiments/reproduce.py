@@ -29,14 +29,13 @@ from luring.experiments.characterize import run_characterize
 from luring.experiments.common import select_images
 from luring.experiments.defend import run_defend
 from luring.experiments.models import prepare_models
-from luring.experiments.profiles import differences_from_paper, resolve_profile
+from luring.experiments.profiles import EXPERIMENTS, differences_from_paper, resolve_profile
 from luring.experiments.store import RunDir
 from luring.metrics import agreement, clean_accuracy, false_alarm_rate
 from luring.utils import atomic_write_json, resolve_device, versions
 
 __all__ = ["reproduce", "EXPERIMENTS"]
 
-EXPERIMENTS = ("characterize", "defend", "distortion", "logits", "saliency")
 
 
 def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: int = 0,
