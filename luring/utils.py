@@ -218,7 +218,10 @@ def check_images(x: torch.Tensor, *, name: str = "images") -> torch.Tensor:
     return x
 
 
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float | None, float | None]:
+Z95 = 1.959964  # the standard normal quantile of a two-sided 95% interval
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float | None, float | None]:
     """Wilson score interval for ``k`` successes out of ``n`` trials (default 95%).
 
     ``centre = (p + z²/2n) / (1 + z²/n)``, ``half = z / (1 + z²/n) · sqrt(p(1-p)/n + z²/4n²)``,

@@ -42,31 +42,42 @@ def _delta(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return x_adv.detach().cpu().double() - x.detach().cpu().double()
 
 
+def _l2(d: torch.Tensor) -> torch.Tensor:
+    return d.flatten(1).norm(p=2, dim=1)
+
+
+def _linf(d: torch.Tensor) -> torch.Tensor:
+    d = d.flatten(1).abs()
+    if d.shape[1] == 0:
+        return torch.zeros(d.shape[0], dtype=torch.float64)
+    return d.amax(dim=1)
+
+
+def _l0(d: torch.Tensor) -> torch.Tensor:
+    return (d.abs() > (L0_THRESHOLD + _L0_MARGIN)).any(dim=1).flatten(1).sum(dim=1)
+
+
 def l2_distortion(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Per-example ``||x' − x||_2`` over all C·H·W values; float64 (N,)."""
-    return _delta(x_adv, x).flatten(1).norm(p=2, dim=1)
+    return _l2(_delta(x_adv, x))
 
 
 def linf_distortion(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Per-example ``||x' − x||_∞``; float64 (N,) (0 for an empty image)."""
-    d = _delta(x_adv, x).flatten(1).abs()
-    if d.shape[1] == 0:
-        return torch.zeros(d.shape[0], dtype=torch.float64)
-    return d.amax(dim=1)
+    return _linf(_delta(x_adv, x))
 
 
 def l0_distortion(x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Per-example number of pixels (h, w) where some channel changed by more than half a
     grey level (``|δ| > 0.5/255``; a pixel changed in several channels counts once); int64
     (N,) in [0, H·W]."""
-    changed = _delta(x_adv, x).abs() > (L0_THRESHOLD + _L0_MARGIN)
-    return changed.any(dim=1).flatten(1).sum(dim=1)
+    return _l0(_delta(x_adv, x))
 
 
 def distortions(x_adv: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``{"l2", "linf", "l0"}`` per-example tensors of shape (N,)."""
-    return {"l2": l2_distortion(x_adv, x), "linf": linf_distortion(x_adv, x),
-            "l0": l0_distortion(x_adv, x)}
+    """``{"l2", "linf", "l0"}`` per-example tensors of shape (N,) (one difference computed)."""
+    d = _delta(x_adv, x)
+    return {"l2": _l2(d), "linf": _linf(d), "l0": _l0(d)}
 
 
 def _mean(t: torch.Tensor) -> float | None:

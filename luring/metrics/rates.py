@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from luring.errors import LuringError
-from luring.utils import wilson_interval
+from luring.utils import Z95, wilson_interval
 
 __all__ = [
     "Z95",
@@ -36,9 +36,6 @@ __all__ = [
     "transfer_metrics",
     "worst_case",
 ]
-
-#: The two-sided 95% standard-normal quantile.
-Z95 = 1.959964
 
 
 @dataclass(frozen=True)
