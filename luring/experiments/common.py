@@ -12,7 +12,7 @@ from torch import nn
 from luring.experiments.profiles import step_size
 from luring.models import predict_labels
 
-__all__ = ["predict", "select_images", "unit_seed", "make_attack", "aggregate"]
+__all__ = ["predict", "select_images", "unit_seed", "make_attack", "aggregate", "mean_std"]
 
 
 
@@ -67,6 +67,14 @@ def make_attack(name: str, model: nn.Module, eps: float, params: dict[str, Any],
     raise ValueError(f"unknown attack {name!r}")
 
 
+def mean_std(vals: list[float]) -> tuple[float, float | None]:
+    """Mean over seeds and the sample standard deviation (None for a single value)."""
+    mean = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return mean, None
+    return mean, (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
+
+
 def aggregate(experiment: str, approach: str, attack: str, eps: float,
                per_seed: list[dict[str, Any]], extra: dict[str, Any] | None = None
                ) -> dict[str, Any]:
@@ -78,13 +86,12 @@ def aggregate(experiment: str, approach: str, attack: str, eps: float,
     for key in per_seed[0]:
         vals = [r[key].value for r in per_seed]
         vals = [v for v in vals if v is not None]
-        row[key] = sum(vals) / len(vals) if vals else None
+        mean, std = mean_std(vals) if vals else (None, None)
+        row[key] = mean
         row["n"] = per_seed[0][key].n if row["n"] is None else row["n"]
         row["ci"][key] = [per_seed[0][key].ci_low, per_seed[0][key].ci_high]
         if len(per_seed) > 1 and vals:
-            mean = row[key]
-            row.setdefault("std", {})[key] = (sum((v - mean) ** 2 for v in vals)
-                                              / max(len(vals) - 1, 1)) ** 0.5
+            row.setdefault("std", {})[key] = std if std is not None else 0.0
     if extra:
         row.update(extra)
     return row

@@ -119,7 +119,7 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
 
 def _clean(target, defenses, x, y) -> dict[str, Any]:
     """Table 8: test accuracy of M and of each T, agreement (T = M = y), false alarms."""
-    from luring.experiments.common import predict
+    from luring.experiments.common import mean_std, predict
 
     m = predict(target, x)
     out: dict[str, Any] = {"target": {"accuracy": clean_accuracy(m, y).value, "n": len(y)}}
@@ -130,11 +130,10 @@ def _clean(target, defenses, x, y) -> dict[str, Any]:
             vals.append({"accuracy": clean_accuracy(t, y).value,
                          "agreement": agreement(t, m, y).value,
                          "false_alarm_rate": false_alarm_rate(t, m).value})
-        row: dict[str, Any] = {k: sum(v[k] for v in vals) / len(vals) for k in vals[0]}
+        row: dict[str, Any] = {k: mean_std([v[k] for v in vals])[0] for k in vals[0]}
         row["n"] = len(y)
         if len(vals) > 1:
             for k in ("accuracy", "agreement"):
-                mean = row[k]
-                row[f"{k}_std"] = (sum((v[k] - mean) ** 2 for v in vals) / (len(vals) - 1)) ** .5
+                row[f"{k}_std"] = mean_std([v[k] for v in vals])[1]
         out[a] = row
     return out
