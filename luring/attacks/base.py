@@ -104,6 +104,16 @@ def eval_frozen(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+def uniform_noise(x: torch.Tensor, eps: float, seed: int, index0: int, stream: str
+                  ) -> torch.Tensor:
+    """Per-example uniform noise in [-ε, ε]^(C×H×W) for a random start, example i drawn from
+    its own generator (``example_generators(seed, index0, n, stream)``), so that it does not
+    depend on the batch it is in. Same shape and device as x."""
+    gens = example_generators(seed, index0, len(x), stream, x.device)
+    return torch.stack([torch.empty(x.shape[1:], device=x.device).uniform_(-eps, eps, generator=g)
+                        for g in gens])
+
+
 def linf_box(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The l∞ ε-ball around images x (in [0, 1]) intersected with [0, 1]: per-pixel bounds
     ``(max(x - ε, 0), min(x + ε, 1))``, same shape as x."""

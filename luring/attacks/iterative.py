@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from luring.attacks.base import Attack, check_float, check_int, example_generators, linf_box
+from luring.attacks.base import Attack, check_float, check_int, linf_box, uniform_noise
 from luring.errors import LuringError
 
 __all__ = ["IterativeAttack", "InputTransform", "GradTransform", "NORMS"]
@@ -118,11 +118,7 @@ class IterativeAttack(Attack):
         """Starting point: x, or (``random_start``) x + U(-ε, ε) per example, projected."""
         if not self.random_start or self.eps == 0:
             return x.clone()
-        gens = example_generators(self.seed, index0, len(x), "random-start", x.device)
-        noise = torch.stack([
-            torch.empty(x.shape[1:], device=x.device).uniform_(-self.eps, self.eps, generator=g)
-            for g in gens])
-        return self.project(x + noise, x)
+        return self.project(x + uniform_noise(x, self.eps, self.seed, index0, "random-start"), x)
 
     def transform_input(self, x_adv: torch.Tensor, step: int) -> torch.Tensor:
         """The input the model sees at iteration ``step`` (gradient flows through it)."""

@@ -31,10 +31,10 @@ from luring.attacks.base import (
     check_float,
     check_int,
     eval_frozen,
-    example_generators,
     example_seed,
     linf_box,
     margin,
+    uniform_noise,
 )
 from luring.errors import LuringError
 from luring.utils import check_images
@@ -157,9 +157,7 @@ class SPSA(Attack):
         lo, hi = linf_box(x, self.eps)
         x_adv = x.clone()
         if self.random_start and self.eps > 0:
-            gens = example_generators(self.seed, index0, len(x), "spsa-start", x.device)
-            noise = torch.stack([torch.empty(x.shape[1:], device=x.device)
-                                 .uniform_(-self.eps, self.eps, generator=g) for g in gens])
+            noise = uniform_noise(x, self.eps, self.seed, index0, "spsa-start")
             x_adv = torch.minimum(torch.maximum(x + noise, lo), hi)
         m = torch.zeros_like(x)
         v = torch.zeros_like(x)
