@@ -72,6 +72,12 @@ def test_profiles():
     assert "luring P trained 20 epochs, batch 32, Adam from 0.006 (cosine) (paper: 64 epochs, " \
         "batch 64, 0.001)" in diffs
     assert sum(" P trained " in d for d in diffs) == 4
+    # the quick profile trains MNIST's M with appendix A's epochs, and cuts SVHN's/CIFAR10's
+    assert quick["target"] == {} and not any(d.startswith("target.") for d in diffs)
+    for family in ("svhn", "cifar10"):
+        q = resolve_profile("quick", family)
+        assert "target.epochs = 3 (overrides the paper's default)" in \
+            differences_from_paper(q, family)
     # the paper profile departs from the paper only where Stack would not train otherwise
     assert [d[:6] for d in differences_from_paper(paper, "mnist")] == ["stack:"]
     assert step_size("2.5*eps/steps", 0.4, 10) == pytest.approx(0.1)
