@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from luring.experiments.common import make_attack, predict, unit_seed
+from luring.experiments.common import make_attack, unit_seed
 from luring.experiments.store import RunDir
 from luring.metrics import (
     component_saliency,
@@ -21,6 +21,7 @@ from luring.metrics import (
     omega,
     omega_comparison,
 )
+from luring.models import predict_labels
 from luring.utils import progress
 
 __all__ = ["run_distortion", "run_logits", "run_saliency"]
@@ -38,7 +39,7 @@ def run_distortion(run: RunDir, target: torch.nn.Module, defenses: dict[str, Any
         def craft(model=model, name=name):
             attack = make_attack("cw-l2", model, 1.0, cfg, unit_seed(seed, "cw", name))
             x_adv = attack(x, y)
-            return {"x_adv": x_adv, "success": predict(model, x_adv) != y}, \
+            return {"x_adv": x_adv, "success": predict_labels(model, x_adv) != y}, \
                 {"params": attack.params()}
 
         data, _ = run.unit("distortion", name, craft)

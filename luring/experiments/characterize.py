@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
-from luring.experiments.common import aggregate, make_attack, predict, unit_seed
+from luring.experiments.common import aggregate, make_attack, unit_seed
 from luring.experiments.store import RunDir
 from luring.metrics import disagreement_rate, inefficient_rate
+from luring.models import predict_labels
 from luring.utils import progress
 
 __all__ = ["run_characterize", "CHARACTERIZE_ATTACKS"]
@@ -40,7 +41,8 @@ def run_characterize(run: RunDir, target: torch.nn.Module, defenses: dict[str, l
         def craft(model=model, atk=atk, e=e, a=a, s=s):
             attack = make_attack(atk, model, e, cfg, unit_seed(seed, s, a, atk, e))
             x_adv = attack(x, y)
-            return ({"t_pred": predict(model, x_adv), "m_pred": predict(target, x_adv)},
+            return ({"t_pred": predict_labels(model, x_adv),
+                     "m_pred": predict_labels(target, x_adv)},
                     {"params": attack.params(), "n": len(x)})
 
         preds[(s, a, atk, e)] = run.unit("characterize", f"s{s}-{a}-{atk}-eps{e}", craft)[0]

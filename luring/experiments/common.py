@@ -12,13 +12,8 @@ from torch import nn
 from luring.experiments.profiles import step_size
 from luring.models import predict_labels
 
-__all__ = ["predict", "select_images", "unit_seed", "make_attack", "aggregate", "mean_std"]
+__all__ = ["select_images", "unit_seed", "make_attack", "aggregate", "mean_std"]
 
-
-
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Top-1 labels (N,) int64 on CPU of ``model`` (eval mode) for images x (N, C, H, W)."""
-    return predict_labels(model, x, batch_size)
 
 
 def unit_seed(seed: int, *parts: object) -> int:
@@ -35,7 +30,7 @@ def select_images(x: torch.Tensor, y: torch.Tensor, models: list[nn.Module], n: 
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     ok = torch.ones(len(x), dtype=torch.bool)
     for m in models:
-        ok &= predict(m, x) == y
+        ok &= predict_labels(m, x) == y
     return order[ok[order]][:n]
 
 

@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
-from luring.experiments.common import aggregate, make_attack, predict, unit_seed
+from luring.experiments.common import aggregate, make_attack, unit_seed
 from luring.experiments.profiles import step_size
 from luring.experiments.store import RunDir
 from luring.metrics import correct, dac_ok, rate, worst_case
+from luring.models import predict_labels
 from luring.utils import progress
 
 __all__ = ["run_defend", "mimw_settings"]
@@ -66,7 +67,7 @@ def run_defend(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[in
             def craft(m=model, atk=atk, e=e, u=useed):
                 attack = make_attack(atk, m, e, cfg[atk], u)
                 x_adv = attack(x, y)
-                t, mp = predict(m, x_adv), predict(target, x_adv)
+                t, mp = predict_labels(m, x_adv), predict_labels(target, x_adv)
                 return ({"t_ok": correct(t, y), "m_ok": correct(mp, y),
                          "defended": dac_ok(t, mp, y)},
                         {"params": attack.params(), "queries": attack.n_queries})

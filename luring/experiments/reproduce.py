@@ -119,14 +119,15 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
 
 def _clean(target, defenses, x, y) -> dict[str, Any]:
     """Table 8: test accuracy of M and of each T, agreement (T = M = y), false alarms."""
-    from luring.experiments.common import mean_std, predict
+    from luring.experiments.common import mean_std
+    from luring.models import predict_labels
 
-    m = predict(target, x)
+    m = predict_labels(target, x)
     out: dict[str, Any] = {"target": {"accuracy": clean_accuracy(m, y).value, "n": len(y)}}
     for a, per_seed in defenses.items():
         vals = []
         for d in per_seed.values():
-            t = predict(d.augmented, x)
+            t = predict_labels(d.augmented, x)
             vals.append({"accuracy": clean_accuracy(t, y).value,
                          "agreement": agreement(t, m, y).value,
                          "false_alarm_rate": false_alarm_rate(t, m).value})
