@@ -4,6 +4,7 @@ logits or labels of many images without a gradient."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -21,15 +22,22 @@ def _device(model: nn.Module, images: torch.Tensor,
     return first.device if first is not None else images.device
 
 
+def _map_chunks(model: nn.Module, images: torch.Tensor, batch_size: int,
+                device: torch.device | str | None,
+                fn: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+    """``fn(model(chunk))`` for each chunk of ``batch_size`` images, run on ``device``."""
+    dev = _device(model, images, device)
+    return [fn(model(images[i:i + batch_size].to(dev)))
+            for i in range(0, len(images), batch_size)]
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 1000,
                    device: torch.device | str | None = None) -> torch.Tensor:
     """``model``'s outputs on ``images`` (N, C, H, W), in chunks of ``batch_size``, no
     gradient; returned as float32 on the CPU. ``device``: where the chunks are run (default:
     the model's). The model's mode is left as it is (call ``.eval()`` first)."""
-    dev = _device(model, images, device)
-    outs = [model(images[i:i + batch_size].to(dev)).float().cpu()
-            for i in range(0, len(images), batch_size)]
+    outs = _map_chunks(model, images, batch_size, device, lambda z: z.float().cpu())
     return torch.cat(outs) if outs else torch.empty(0)
 
 
@@ -38,7 +46,5 @@ def predict_labels(model: nn.Module, images: torch.Tensor, batch_size: int = 500
                    device: torch.device | str | None = None) -> torch.Tensor:
     """Top-1 labels, int64 (N,) on the CPU, of ``model`` for ``images`` (N, C, H, W), in
     chunks of ``batch_size``, no gradient (an empty input gives an empty tensor)."""
-    dev = _device(model, images, device)
-    out = [model(images[i:i + batch_size].to(dev)).argmax(1).cpu()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    outs = _map_chunks(model, images, batch_size, device, lambda z: z.argmax(1).cpu())
+    return torch.cat(outs) if outs else torch.empty(0, dtype=torch.long)
