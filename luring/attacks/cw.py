@@ -103,7 +103,7 @@ class CWL2(Attack):
                 with torch.enable_grad():
                     x_new = (torch.tanh(w0 + offset) + 1) / 2
                     if self.eps < 1:
-                        x_new = torch.minimum(torch.maximum(x_new, lo), hi)
+                        x_new = torch.clamp(x_new, lo, hi)
                     logits = self._logits(x_new)
                     l2sq = (x_new - x).pow(2).flatten(1).sum(1)
                     gap = margin(logits, y)               # max other - true

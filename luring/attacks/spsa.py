@@ -158,12 +158,12 @@ class SPSA(Attack):
         x_adv = x.clone()
         if self.random_start and self.eps > 0:
             noise = uniform_noise(x, self.eps, self.seed, index0, "spsa-start")
-            x_adv = torch.minimum(torch.maximum(x + noise, lo), hi)
+            x_adv = torch.clamp(x + noise, lo, hi)
         m = torch.zeros_like(x)
         v = torch.zeros_like(x)
         for t in range(self.steps):
             g = self._estimate(x_adv, y, t, index0)
             x_adv = x_adv + adam_step(m, v, g, t, self.lr, self.beta1, self.beta2,
                                       self.adam_eps)
-            x_adv = torch.minimum(torch.maximum(x_adv, lo), hi)
+            x_adv = torch.clamp(x_adv, lo, hi)
         return x_adv
