@@ -31,8 +31,7 @@ from luring.models.augment import random_affine
 from luring.models.predict import predict_logits
 from luring.utils import check_images, make_generator, progress, resolve_device
 
-__all__ = ["train_defense", "TrainedDefense", "ImageBatches", "init_parameters", "lr_at",
-           "predict_logits"]
+__all__ = ["train_defense", "TrainedDefense", "ImageBatches", "init_parameters", "lr_at"]
 
 
 @dataclass
