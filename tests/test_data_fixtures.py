@@ -7,6 +7,7 @@ of each written file so that tests can install it in the checksum table.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -18,9 +19,11 @@ import numpy as np
 import scipy.io
 
 from luring.data.cifar import BIN_DIR, PY_DIR
+from luring.data.files import DEBIAN_FASHION_MNIST, DISTRIBUTIONS, Distribution
 
 __all__ = ["md5", "write_idx", "make_idx_set", "make_cifar_bin", "make_cifar_py", "make_svhn",
-           "make_tar", "single_line_error"]
+           "make_tar", "single_line_error", "write_digest_list", "use_distribution",
+           "make_distribution"]
 
 
 def md5(path: Path) -> str:
@@ -135,6 +138,38 @@ def make_tar(members: dict[str, bytes], *, symlinks: dict[str, str] | None = Non
             info.linkname = target
             tar.addfile(info)
     return buf.getvalue()
+
+
+def write_digest_list(dist: Distribution, names: list[str] | None = None) -> Path:
+    """Write ``dist``'s digest list the way dpkg does (``MD5  PATH``, PATH relative to the
+    distribution root) for ``names`` (default: every file in its directory)."""
+    names = sorted(q.name for q in dist.path.iterdir()) if names is None else names
+    lines = [f"{md5(dist.path / n)}  {dist.directory}/{n}\n" for n in names]
+    dist.digests_path.parent.mkdir(parents=True, exist_ok=True)
+    dist.digests_path.write_text("".join(lines))
+    return dist.digests_path
+
+
+def use_distribution(monkeypatch, dist: Distribution | None) -> None:
+    """Make ``dist`` the only place besides the data root where Fashion-MNIST is searched
+    (``None``: nowhere), whatever is installed on the machine."""
+    from luring.data import DATASETS, get_spec
+
+    monkeypatch.setitem(DISTRIBUTIONS, "fashion-mnist", (dist,) if dist else ())
+    monkeypatch.setitem(DATASETS, "fashion-mnist",
+                        dataclasses.replace(get_spec("fashion-mnist"), extra_dirs=()))
+
+
+def make_distribution(sysroot: Path, *, seed: int = 4, digests: bool = True) -> dict:
+    """Generated Fashion-MNIST files laid out like Debian's package under ``sysroot`` (files in
+    ``sysroot/usr/share/datasets/fashion-mnist``, digest list in ``sysroot/var/lib/dpkg/info``
+    unless ``digests`` is False). Returns :func:`make_idx_set`'s dict plus ``"dist"``."""
+    dist = dataclasses.replace(DEBIAN_FASHION_MNIST, root=sysroot)
+    made = make_idx_set(dist.path, gz=True, seed=seed)
+    if digests:
+        write_digest_list(dist)
+    made["dist"] = dist
+    return made
 
 
 def single_line_error(err: str) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,13 +15,15 @@ import torch
 from test_data_fixtures import (
     make_cifar_bin,
     make_cifar_py,
+    make_distribution,
     make_idx_set,
     make_svhn,
+    use_distribution,
     write_idx,
 )
 
 from luring.data import DATASETS, data_root, get_spec, load
-from luring.data.files import CHECKSUMS, md5sum
+from luring.data.files import CHECKSUMS, CONTENT_CHECKSUMS, md5sum, search_dirs
 from luring.errors import LuringError
 
 
@@ -59,9 +63,38 @@ def test_mnist_gz_with_published_checksum_mismatch_is_refused(tmp_path):
 
 
 def test_raw_idx_loads_without_checksum(tmp_path):
+    # MNIST's content checksums are not recorded: an uncompressed file is checked structurally
+    made = make_idx_set(tmp_path / "MNIST" / "raw", gz=False, seed=5)
+    x, y = load("mnist", "test", tmp_path)
+    _check(x, y, *made["test"], (1, 28, 28))
+
+
+def test_raw_fashion_idx_is_checked_against_the_content_checksum(tmp_path, monkeypatch):
+    use_distribution(monkeypatch, None)
     made = make_idx_set(tmp_path / "FashionMNIST" / "raw", gz=False, seed=5)
+    with pytest.raises(LuringError, match=r"t10k-\S+ fails its checksum \(md5 [0-9a-f]{32}, "
+                                          r"expected (8181f547|15d48437).*luring data download"):
+        load("fashion-mnist", "test", tmp_path)
+    monkeypatch.setitem(CONTENT_CHECKSUMS, "fashion-mnist", made["md5"])
     x, y = load("fashion-mnist", "test", tmp_path)
     _check(x, y, *made["test"], (1, 28, 28))
+
+
+def test_recompressed_gz_passes_by_its_content(tmp_path, monkeypatch):
+    """A .gz whose bytes are not the published ones but whose content is (Debian's case)."""
+    d = tmp_path / "FashionMNIST" / "raw"
+    made = make_idx_set(d, gz=True, seed=6)
+    use_distribution(monkeypatch, None)
+    content = {n[:-3]: hashlib.md5(gzip.decompress((d / n).read_bytes())).hexdigest()
+               for n in made["md5"]}
+    monkeypatch.setitem(CONTENT_CHECKSUMS, "fashion-mnist", content)
+    x, y = load("fashion-mnist", "train", tmp_path)  # the published .gz MD5s do not match
+    _check(x, y, *made["train"], (1, 28, 28))
+    p = d / "train-labels-idx1-ubyte.gz"
+    p.write_bytes(gzip.compress(gzip.decompress(p.read_bytes())[:-1] + b"\x07", mtime=5))
+    with pytest.raises(LuringError, match=r"fails its checksum \(md5 .*; decompressed content "
+                                          r"md5 .*luring data download fashion-mnist"):
+        load("fashion-mnist", "train", tmp_path)
 
 
 def test_gz_is_preferred_over_raw(tmp_path, monkeypatch):
@@ -74,14 +107,11 @@ def test_gz_is_preferred_over_raw(tmp_path, monkeypatch):
 
 
 def test_fashion_mnist_found_in_debian_directory(tmp_path, monkeypatch):
-    debian = tmp_path / "usr-share-datasets-fashion-mnist"
-    made = make_idx_set(debian, gz=True, seed=4)
-    spec = get_spec("fashion-mnist")
-    assert spec.extra_dirs == ("/usr/share/datasets/fashion-mnist",)
-    monkeypatch.setitem(DATASETS, "fashion-mnist",
-                        dataclasses.replace(spec, extra_dirs=(str(debian),)))
-    monkeypatch.setitem(CHECKSUMS, "fashion-mnist", made["md5"])
-    x, y = load("fashion-mnist", "train", tmp_path / "empty-root")
+    assert search_dirs("fashion-mnist", tmp_path) == [
+        tmp_path / "FashionMNIST" / "raw", Path("/usr/share/datasets/fashion-mnist")]
+    made = make_distribution(tmp_path / "sys", seed=4)
+    use_distribution(monkeypatch, made["dist"])
+    x, y = load("fashion-mnist", "train", tmp_path / "empty-root")  # by Debian's digest list
     _check(x, y, *made["train"], (1, 28, 28))
 
 
@@ -249,6 +279,7 @@ def test_svhn_truncated(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "cifar10", "svhn"])
 def test_missing_names_files_dirs_and_command(tmp_path, monkeypatch, name):
     monkeypatch.setitem(DATASETS, name, dataclasses.replace(get_spec(name), extra_dirs=()))
+    use_distribution(monkeypatch, None)
     with pytest.raises(LuringError) as info:
         load(name, "test", tmp_path)
     msg = str(info.value)
@@ -262,8 +293,8 @@ def test_missing_names_files_dirs_and_command(tmp_path, monkeypatch, name):
 def test_unknown_split_and_name():
     with pytest.raises(LuringError, match="unknown split"):
         load("mnist-5k", "valid")
-    with pytest.raises(LuringError, match="unknown data set 'imagenet'"):
-        load("imagenet", "train")
+    with pytest.raises(LuringError, match="unknown data set 'no-such-set'"):
+        load("no-such-set", "train")
 
 
 def test_data_root_precedence(tmp_path, monkeypatch):

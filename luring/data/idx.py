@@ -2,9 +2,12 @@
 
 Files: ``{train,t10k}-{images-idx3,labels-idx1}-ubyte``, gzipped (``.gz``) or not, in
 torchvision's layout ``ROOT/MNIST/raw/`` and ``ROOT/FashionMNIST/raw/`` (Fashion-MNIST also in
-``/usr/share/datasets/fashion-mnist/``, Debian's ``dataset-fashion-mnist``). In each directory
-the ``.gz`` file is preferred (it has a published MD5, checked); an uncompressed file is
-validated structurally only.
+``/usr/share/datasets/fashion-mnist/``, Debian's ``dataset-fashion-mnist``, searched after the
+data root). In each directory the ``.gz`` file is preferred. Checks (see
+:func:`luring.data.files.verify_checksum`): a Debian copy against Debian's digest list, any
+other ``.gz`` file against its published MD5 or the MD5 of its decompressed content, an
+uncompressed file against the content MD5 where it is known (Fashion-MNIST), else
+structurally only.
 
 IDX format: a big-endian header, magic ``2051`` (0x00000803: unsigned bytes, 3 dimensions)
 then N, rows, cols for images; magic ``2049`` (unsigned bytes, 1 dimension) then N for labels;
@@ -21,7 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from luring.data.files import find_file, missing_error, search_dirs, verify_checksum
+from luring.data.files import (
+    DISTRIBUTIONS,
+    find_file,
+    missing_error,
+    search_dirs,
+    verify_checksum,
+)
 from luring.data.registry import data_root
 from luring.errors import LuringError
 
@@ -39,12 +48,13 @@ def idx_names(split: str) -> tuple[str, str]:
     return f"{pre}-images-idx3-ubyte", f"{pre}-labels-idx1-ubyte"
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path) -> bytearray:
+    """The (decompressed) bytes of ``path``, writable so that arrays over them are too."""
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as fh:
-                return fh.read()
-        return path.read_bytes()
+                return bytearray(fh.read())
+        return bytearray(path.read_bytes())
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
         raise LuringError(f"{path} is a truncated or corrupt gzip file ({exc}); delete it and "
                           "download it again") from None
@@ -91,8 +101,8 @@ def load_idx_pair(images_path: Path, labels_path: Path, num_classes: int = 10
     if len(labels) and int(labels.max()) >= num_classes:
         raise LuringError(f"{labels_path} has label {int(labels.max())}, outside "
                           f"[0, {num_classes}); the file is not a {num_classes}-class label file")
-    x = torch.from_numpy(images.astype(np.float32)).div_(255.0).unsqueeze(1)
-    y = torch.from_numpy(labels.astype(np.int64))
+    x = torch.from_numpy(images).to(torch.float32).div_(255.0).unsqueeze(1)
+    y = torch.from_numpy(labels).to(torch.int64)
     return x, y
 
 
@@ -112,8 +122,8 @@ def make_locator(dataset: str):
             else:
                 found.append(p)
         if missing:
-            hint = ("or install the Debian package dataset-fashion-mnist"
-                    if dataset == "fashion-mnist" else "")
+            packages = [d.package for d in DISTRIBUTIONS.get(dataset, ())]
+            hint = f"or install the package {' or '.join(packages)}" if packages else ""
             raise missing_error(dataset, split, root, missing, dirs, hint)
         for p in found:
             verify_checksum(p, dataset, root)
