@@ -3,6 +3,8 @@ search."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -10,6 +12,8 @@ from torch import nn
 from luring.attacks import CWL2, ECO, SPSA
 from luring.attacks.base import margin
 from luring.attacks.eco import split_blocks
+from luring.errors import LuringError
+from luring.utils import make_generator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -162,6 +166,83 @@ def test_eco_blocks_cover_image():
         for c, r0, r1, c0, c1 in split_blocks((3, 28, 28), size):
             cover[c, r0:r1, c0:c1] += 1
         assert (cover == 1).all()
+
+
+def test_eco_objectives_by_hand():
+    """xent: log softmax(z)_y (minus the cross-entropy); margin: z_y - max_{j≠y} z_j."""
+    z = torch.tensor([[0.9, 0.1, 0.1], [0.2, 0.5, 0.1]])
+    images = z.reshape(2, 1, 1, 3)
+    y = torch.tensor([0, 0])
+    xent = ECO(nn.Flatten(), eps=0.1)
+    assert xent.loss == "xent" and xent.params()["loss"] == "xent" and not xent.early_stop
+    losses, fooled = xent._scores(images, y)
+    lse = [math.log(math.exp(0.9) + 2 * math.exp(0.1)),
+           math.log(math.exp(0.2) + math.exp(0.5) + math.exp(0.1))]
+    assert losses == pytest.approx([0.9 - lse[0], 0.2 - lse[1]], abs=1e-6)
+    assert fooled == [False, True]
+    losses, fooled = ECO(nn.Flatten(), eps=0.1, loss="margin", chunk_size=1)._scores(images, y)
+    assert losses == pytest.approx([0.8, -0.3], abs=1e-6) and fooled == [False, True]
+    assert ECO(nn.Flatten(), eps=0.1, loss="ce").loss == "xent"  # the gradient attacks' name
+    with pytest.raises(LuringError, match="ECO loss must be one of xent, margin"):
+        ECO(nn.Flatten(), eps=0.1, loss="cw")
+
+
+def _changed_block(cand: torch.Tensor, base: torch.Tensor, x: torch.Tensor, eps: float):
+    """The pixels where ``cand`` differs from ``base`` as (rows, cols) ranges, checking that
+    each of them has its sign (relative to x) reversed."""
+    diff = (cand != base)[0]
+    rows, cols = diff.nonzero(as_tuple=True)
+    assert len(rows) > 0
+    sc, sb = torch.sign(cand - x)[0][diff], torch.sign(base - x)[0][diff]
+    assert torch.equal(sc, -sb)
+    assert torch.allclose((cand - x).abs(), torch.tensor(eps), atol=1e-6)
+    r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+    assert int(diff.sum()) == (r1 - r0) * (c1 - c0)  # a full rectangle
+    return (0, r0, r1, c0, c1)
+
+
+def test_eco_flip_reverses_every_pixel_of_blocks_that_do_not_nest():
+    """Block size 5 then 2 on a 10×10 image: after the first pass only the top-left 5-block is
+    at +ε, so 2-blocks across row/column 4-5 are mixed. Every candidate of a batch must be the
+    batch's image with exactly one block of the current size sign-reversed pixel by pixel."""
+    x = 0.3 + 0.4 * rand(1, 10, seed=3)[0]
+    eps = 0.1
+    w = -torch.ones(10, 10)
+    w[:5, :5], w[:5, 5:] = 1.0, 0.1          # prefer +ε top left, a little top right
+    atk = ECO(nn.Identity(), eps=eps, block_size=5, loss="margin")
+    search = atk._search(x, make_generator(0), 200)
+    batch = search.send(None)
+    seen_mixed = False
+    sizes = {5: split_blocks((1, 10, 10), 5), 2: split_blocks((1, 10, 10), 2),
+             1: split_blocks((1, 10, 10), 1)}
+    try:
+        while True:
+            cands = batch.clone()
+            if len(cands) >= 3:
+                base = cands.median(dim=0).values  # each pixel changes in ≤ 1 candidate
+                blocks = [_changed_block(c, base, x, eps) for c in cands]
+                assert any(set(blocks) <= set(b) for b in sizes.values()), blocks
+                signs = torch.sign(base - x)[0]
+                for _, r0, r1, c0, c1 in blocks:
+                    seen_mixed |= bool(signs[r0:r1, c0:c1].unique().numel() == 2)
+            loss = [-(w * torch.sign(c - x)[0]).sum().item() for c in cands]
+            batch = search.send((loss, [False] * len(cands)))
+    except StopIteration as stop:
+        out, used = stop.value
+    assert used == 200 and seen_mixed
+    assert torch.equal(torch.sign(out - x)[0, :5, :5], torch.ones(5, 5))
+
+
+def test_eco_xent_and_margin_both_attack():
+    model, x = conv(), rand(6, 8)
+    y = model(x).argmax(1)
+    for loss in ("xent", "margin"):
+        atk = ECO(model, eps=0.3, max_queries=150, block_size=4, loss=loss)
+        out = atk(x, y)
+        fooled = (model(out).argmax(1) != y).float().mean().item()
+        ce0 = torch.nn.functional.cross_entropy(model(x), y)
+        ce1 = torch.nn.functional.cross_entropy(model(out), y)
+        assert ce1 > ce0 and fooled >= 0.5, (loss, fooled)
 
 
 def test_cw_binary_search_finds_smaller_l2():

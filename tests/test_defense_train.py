@@ -209,3 +209,38 @@ def test_build_defense_trains_evaluates_and_writes(trained_mnist_target, small, 
     d = load(out)
     assert d.method == "luring" and d.meta["clean"] == json.loads(json.dumps(clean))
     assert torch.equal(d.predict(x_te[:200]), t)
+
+
+def test_weight_averaging_also_averages_batch_norm_statistics(trained_mnist_target, small,
+                                                              monkeypatch):
+    """With ``ema``, the kept P's batch-norm running statistics are the moving average of the
+    raw ones (same decay schedule as the weights), recomputed here by hand from the raw
+    statistics after each step; they are not the raw model's."""
+    from luring.models.architectures import ARCHITECTURES, ArchSpec, VggComponent
+
+    raw: list[torch.Tensor] = []
+
+    def record(module, inputs, output):
+        if module.training:
+            raw.append(module.running_mean.detach().clone())
+
+    def make(c=1, k=None, **kw):
+        net = VggComponent((4,), c, **kw)  # Conv(4)+BN+ReLU, Conv(1)+BN+Sigmoid
+        net.net[1].register_forward_hook(record)  # the first BatchNorm2d
+        return net
+
+    monkeypatch.setitem(ARCHITECTURES, "tiny-bn-component",
+                        ArchSpec("tiny-bn-component", "component", (1, 28, 28), make, 0, "test"))
+    m, _, _ = trained_mnist_target
+    ema = 0.6
+    s = _tiny("luring", ema=ema, val_fraction=0.0, batch_size=16)
+    trained = train_defense(m, small[0][:96], method="luring", settings=s, seed=2,
+                            component_arch="tiny-bn-component")
+    assert len(raw) == 6  # 96 images, batch 16, one epoch, no held-out part
+    shadow = torch.zeros_like(raw[0])  # a fresh BatchNorm's running mean
+    for step, r in enumerate(raw, start=1):
+        shadow = shadow + (1 - min(ema, (1 + step) / (10 + step))) * (r - shadow)
+    kept = trained.component.net[1].running_mean
+    assert torch.allclose(kept, shadow, atol=1e-6)
+    assert not torch.allclose(kept, raw[-1], atol=1e-3)
+    assert trained.selection["rule"] == "last"

@@ -5,6 +5,11 @@
   targets) and T's logits.
 * :func:`reconstruction_loss` — the Auto baseline: binary cross-entropy between P(x) and x.
 
+Class b, as the authors' code reads it: T's top class among the classes ≠ M(x). Algorithm 1
+line 6 says "the class of the 2nd max value of" T's logits; the two readings agree when T's top
+class is M(x) and differ exactly when T(x) ≠ M(x) (there the code's b is T's top class, the
+text's is T's second). The report lists this reading among the differences from the paper.
+
 Tie-breaking (documented contract): every "top class" below is ``torch.argmax`` over the
 logits, which returns the *lowest index* among equal maxima. The second class of M (``a``) and
 the top class of T among classes ≠ y (``b``) are the argmax after the class ``y`` has been

@@ -271,10 +271,18 @@ def _evaluate(plan: _Plan, component: nn.Module, x_val: torch.Tensor, m_val: tor
             "val_reconstruction": rec / len(x_val)}
 
 
+def _averaged_tensors(plan: _Plan) -> list[torch.Tensor]:
+    """What weight averaging averages: the trained parameters and the floating-point buffers
+    (batch-norm running means and variances) of the trained modules, so that the averaged
+    model is evaluated with statistics that follow its averaged weights, not the raw ones."""
+    buffers = [b for m in plan.modules for b in m.buffers() if b.is_floating_point()]
+    return list(plan.params) + buffers
+
+
 @contextlib.contextmanager
-def _averaged(params: list[nn.Parameter], shadow: list[torch.Tensor] | None) -> Iterator[None]:
-    """Temporarily put the exponential moving average of the weights (``shadow``) into
-    ``params``; a no-op without averaging."""
+def _averaged(params: list[torch.Tensor], shadow: list[torch.Tensor] | None) -> Iterator[None]:
+    """Temporarily put the exponential moving average (``shadow``) of the weights and
+    batch-norm statistics into ``params``; a no-op without averaging."""
     if shadow is None:
         yield
         return
@@ -306,7 +314,8 @@ def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: to
     step, loss_n, t0 = 0, 0, time.perf_counter()
     loss_sum = torch.zeros((), device=dev)
     ema = float(s.get("ema") or 0.0)
-    shadow = [p.detach().clone() for p in plan.params] if ema else None
+    averaged = _averaged_tensors(plan) if ema else []
+    shadow = [t.detach().clone() for t in averaged] if ema else None
     for m in plan.modules:
         m.train()
     bar = progress(total=spe * s["epochs"], desc=desc, unit="step")
@@ -324,8 +333,8 @@ def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: to
                 if shadow is not None:
                     w = 1 - min(ema, (1 + step) / (10 + step))
                     with torch.no_grad():
-                        for sh, p in zip(shadow, plan.params, strict=True):
-                            sh.lerp_(p.detach(), w)
+                        for sh, t in zip(shadow, averaged, strict=True):
+                            sh.lerp_(t.detach(), w)
                 loss_sum += loss.detach()
                 loss_n += 1
                 bar.update(1)
@@ -336,7 +345,7 @@ def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: to
                        "seconds": round(time.perf_counter() - t0, 3)}
                 loss_sum, loss_n = torch.zeros((), device=dev), 0
                 if len(val_idx):
-                    with _averaged(plan.params, shadow):
+                    with _averaged(averaged, shadow):
                         rec.update(_evaluate(plan, component, x_val, m_val,
                                              s["eval_batch_size"], dev))
                         score = -rec["val_reconstruction"] if by_rec else rec["val_agreement"]
@@ -350,8 +359,8 @@ def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: to
     if best is None:
         if shadow is not None:
             with torch.no_grad():
-                for sh, p in zip(shadow, plan.params, strict=True):
-                    p.copy_(sh)
+                for sh, t in zip(shadow, averaged, strict=True):
+                    t.copy_(sh)
         last = history[-1]
         return history, {"rule": "last", "epoch": last["epoch"], "step": last["step"], "n": 0}
     for m, state in zip(plan.modules, best[2], strict=True):

@@ -1,0 +1,310 @@
+"""What a run does differently from the paper, line by line, for the report's "Differences from
+the paper".
+
+:data:`PAPER` holds, in one place, the values the paper's text states (appendix A: M;
+appendix B: each P; appendix C: λ; F.1: ECO; H.2: adversarial training) and, under
+``"authors"``, what the authors' code ran where the text says nothing. Every line of
+:func:`disclosure` compares a *resolved* setting of the run (M's :func:`target_settings`,
+each approach's :func:`defense_settings` with the profile's overrides, the profile's attack
+parameters) with that table, so changing a setting makes its line appear or disappear. The
+one line with no setting behind it is the reading of eq. 2's class b, fixed in
+:func:`luring.defense.loss.luring_classes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["PAPER", "disclosure", "target_lines", "defense_lines", "attack_lines"]
+
+_USED = "used, value not given"
+
+PAPER: dict[str, Any] = {
+    # Appendix A: M's training. (SVHN: the text says 50 epochs, table 3 says 5.)
+    "target": {
+        "mnist": dict(epochs=5, batch_size=28, lrs=(1e-2,), milestones=(), dropout=0.0,
+                      rotation_deg=0.0, shift=0.0),
+        "svhn": dict(epochs=50, batch_size=28, lrs=(1e-2,), milestones=(), dropout=0.0,
+                     rotation_deg=0.0, shift=0.0),
+        "cifar10": dict(epochs=200, batch_size=32, lrs=(0.1, 0.01, 0.001), milestones=(80, 120),
+                        dropout=0.0, rotation_deg=0.0, shift=0.0),
+    },
+    # Appendix H.2: PGD adversarial training of M, (ε, steps, step size).
+    "adv_train": {"mnist": (0.3, 40, 0.1), "svhn": (0.03, 10, 0.008),
+                  "cifar10": (0.03, 10, 0.008)},
+    # Appendix B: each P, fixed epochs on all training images, "randomly initialized"
+    # (Algorithm 1 line 2); dropout: 0.0 when not mentioned.
+    "defense": {
+        ("mnist", "stack"): dict(epochs=5, batch_size=28, lr=1e-3, lr_milestones=[], dropout=0.0),
+        ("mnist", "auto"): dict(epochs=50, batch_size=128, lr=1e-3, lr_milestones=[],
+                                dropout=0.0),
+        ("mnist", "ce"): dict(epochs=64, batch_size=64, lr=1e-3,
+                              lr_milestones=[[45, 2e-4], [58, 4e-4]], dropout=0.0),
+        ("mnist", "luring"): dict(epochs=64, batch_size=64, lr=1e-3,
+                                  lr_milestones=[[45, 2e-4], [58, 4e-4]], dropout=0.0),
+        ("svhn", "stack"): dict(epochs=20, batch_size=256, lr=1e-3, lr_milestones=[],
+                                dropout=0.0),
+        ("svhn", "auto"): dict(epochs=5, batch_size=128, lr=1e-3, lr_milestones=[], dropout=0.0),
+        ("svhn", "ce"): dict(epochs=210, batch_size=256, lr=1e-4,
+                             lr_milestones=[[126, 1e-5], [168, 8e-6]], dropout=0.0),
+        ("svhn", "luring"): dict(epochs=210, batch_size=256, lr=1e-4,
+                                 lr_milestones=[[126, 1e-5], [168, 8e-6]], dropout=_USED),
+        ("cifar10", "stack"): dict(epochs=200, batch_size=32, lr=0.1,
+                                   lr_milestones=[[80, 0.01], [120, 0.001]], dropout=0.0),
+        ("cifar10", "ce"): dict(epochs=216, batch_size=256, lr=1e-5,
+                                lr_milestones=[[154, 5e-6], [185, 8e-7]], dropout=_USED),
+        ("cifar10", "luring"): dict(epochs=216, batch_size=256, lr=1e-5,
+                                    lr_milestones=[[154, 5e-6], [185, 8e-7]], dropout=_USED),
+    },
+    "lambda": {"mnist": 1.0, "svhn": 1.0, "cifar10": 0.15},  # appendix C
+    "eco": {"early_stop": False},  # F.1 (budget and block sizes: the paper profile's walk)
+    # Where the text is silent: the authors' code and scripts.
+    "authors": {
+        "p_init": "glorot",  # Keras' default initialiser
+        "p_augment": {"cifar10": {"shift": 5 / 32, "rotate": 10.0}},
+        "eco_loss": "xent",
+        "eco_block_batch": {"mnist": 256, "svhn": 256, "cifar10": 512},
+        "spsa_delta": 0.01,
+    },
+}
+
+_CLASS_B = ("luring loss (eq. 2): class b is T's top class among the classes ≠ M(x), as in the "
+            "authors' code; Algorithm 1 line 6 says T's second class — the two differ exactly "
+            "when T(x) ≠ M(x)")
+
+
+def _num(v: float) -> str:
+    return f"{v:g}"
+
+
+def _span(epochs: float) -> str:
+    """``one-epoch``, ``0.5-epoch``: a warm-up's length as an adjective."""
+    return "one-epoch" if epochs == 1 else f"{epochs:g}-epoch"
+
+
+def _schedule(lrs: tuple[float, ...], milestones: tuple[int, ...]) -> str:
+    if len(lrs) == 1:
+        return _num(lrs[0])
+    after = " and ".join(str(m) for m in milestones)
+    return f"{', '.join(_num(v) for v in lrs)} (after epochs {after})"
+
+
+def target_lines(settings: dict[str, Any]) -> list[str]:
+    """M's departures from appendix A (and H.2 when adversarially trained). Settings the
+    profile overrides (``settings["target"]``) are left to the generic override lines."""
+    from luring.models.train import target_settings
+
+    fam = settings["family"]
+    over = dict(settings.get("target") or {})
+    ts = target_settings(fam, **over)
+    paper = PAPER["target"][fam]
+    given = set(over) | ({"lrs"} if "lr" in over else set())
+    out = []
+    if not given & {"epochs", "batch_size"} and \
+            (ts.epochs, ts.batch_size) != (paper["epochs"], paper["batch_size"]):
+        out.append(f"M trained {ts.epochs} epochs, batch {ts.batch_size} (appendix A: "
+                   f"{paper['epochs']} epochs, batch {paper['batch_size']})")
+    if not given & {"lrs", "milestones"} and \
+            (tuple(ts.lrs), tuple(ts.milestones)) != (paper["lrs"], paper["milestones"]):
+        ratio = " (one tenth, as in the authors' code)" if all(
+            abs(a - b / 10) <= 1e-12 for a, b in zip(ts.lrs, paper["lrs"], strict=False)) \
+            and len(ts.lrs) == len(paper["lrs"]) else ""
+        out.append(f"M trained with Adam at {_schedule(ts.lrs, ts.milestones)}{ratio} "
+                   f"(appendix A's text: {_schedule(paper['lrs'], paper['milestones'])})")
+    if "dropout" not in given and ts.dropout != paper["dropout"]:
+        out.append(f"M ({ts.architecture}) with dropout {_num(ts.dropout)} before its dense "
+                   "layers (not in appendix A; the authors' code)")
+    if not given & {"rotation_deg", "shift"} and \
+            (ts.rotation_deg, ts.shift) != (paper["rotation_deg"], paper["shift"]):
+        out.append(f"M trained on randomly rotated (±{_num(ts.rotation_deg)}°) and shifted "
+                   f"(±{100 * ts.shift:.3g}% of the side) images (not in appendix A; the "
+                   "authors' code)")
+    if ts.adv_train:
+        got = (ts.adv_eps, ts.adv_steps, ts.adv_step_size)
+        want = PAPER["adv_train"][fam]
+        if got != want:
+            out.append(f"M adversarially trained with PGD ε = {_num(got[0])}, {got[1]} steps of "
+                       f"{_num(got[2])} (appendix H.2: ε = {_num(want[0])}, {want[1]} steps "
+                       f"of {_num(want[2])})")
+    return out
+
+
+def _group(rows: list[tuple[str, str]], fmt: Callable[[str, str], str]) -> list[str]:
+    """``rows`` of (method, detail) → one line per distinct detail naming its methods."""
+    by: dict[str, list[str]] = {}
+    for method, detail in rows:
+        by.setdefault(detail, []).append(method)
+    return [fmt(", ".join(methods), detail) for detail, methods in by.items()]
+
+
+def _defense_settings(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    from luring.defense.settings import defense_settings, resolve_settings
+
+    profile = "quick" if settings.get("profile") == "smoke" else settings.get("profile", "paper")
+    return {m: resolve_settings(defense_settings(settings["family"], m, profile),
+                                **(settings.get("defense") or {}))
+            for m in settings.get("approaches", [])}
+
+
+def defense_lines(settings: dict[str, Any]) -> list[str]:
+    """Each approach's P against appendices B and C (schedule, initialisation, held-out
+    selection, dropout, augmentation, weight averaging, λ) and the reading of eq. 2."""
+    from luring.defense.settings import QUICK_NOTES
+
+    fam = settings["family"]
+    resolved = _defense_settings(settings)
+    authors = PAPER["authors"]
+    out: list[str] = []
+    rows: dict[str, list[tuple[str, str]]] = {k: [] for k in (
+        "init", "select", "dropout", "augment", "ema", "warmup")}
+    for method, s in resolved.items():
+        p = PAPER["defense"][(fam, method)]
+        if (s["epochs"], s["batch_size"], s["lr"], s["lr_decay"], s["lr_milestones"]) != \
+                (p["epochs"], p["batch_size"], p["lr"], "piecewise", p["lr_milestones"]):
+            unit = "epoch" if s["epochs"] == 1 else "epochs"
+            why = ""
+            if method == "stack" and s["lr"] < p["lr"]:
+                why = ("; Adam at the text's rates does not train P+M, the authors' code runs a "
+                       "tenth of them, as for M")
+            out.append(f"{method} P trained {s['epochs']} {unit}, batch {s['batch_size']}, Adam "
+                       f"from {s['lr']:g} ({s['lr_decay']}) (paper: {p['epochs']} epochs, batch "
+                       f"{p['batch_size']}, {p['lr']:g}{why})")
+        stack_fix = method == "stack" and (s["init"] == "kaiming" or s["warmup_epochs"] > 0)
+        if s["init"] != authors["p_init"] and not stack_fix:
+            rows["init"].append((method, {"kaiming": "He normal weights and zero biases",
+                                          "torch": "PyTorch's default initialisation"}
+                                 .get(s["init"], s["init"])))
+        if s["warmup_epochs"] > 0 and not stack_fix:
+            rows["warmup"].append((method, _span(s["warmup_epochs"])))
+        if s["val_fraction"] > 0:
+            rule = ("checkpoint of lowest reconstruction loss" if s["selection"] ==
+                    "reconstruction" else "checkpoint whose T agrees most with M")
+            every = f"every {s['eval_every']} steps" if s["eval_every"] else "every epoch"
+            rows["select"].append((method, f"fitted to {100 * (1 - s['val_fraction']):g}% of "
+                                           f"the training images, keeping the {rule} on the "
+                                           f"other {100 * s['val_fraction']:g}% (evaluated "
+                                           f"{every})"))
+        d, pd = s["dropout"], p["dropout"]
+        if pd == _USED:
+            detail = f"dropout {_num(d)}" if d else "no dropout"
+            rows["dropout"].append((method, f"{detail} (appendix B: \"Dropout is used\", no "
+                                            "value given)"))
+        elif d != pd:
+            rows["dropout"].append((method, f"dropout {_num(d)} (not in appendix B)"))
+        aug = s.get("augment")
+        if aug and (aug.get("shift") or aug.get("rotate")):
+            ref = authors["p_augment"].get(fam)
+            src = "; the authors' code augments CIFAR10 so" if ref and all(
+                abs(aug.get(k, 0.0) - v) < 1e-9 for k, v in ref.items()) else ""
+            rows["augment"].append((method, f"random shifts (±{100 * aug.get('shift', 0):.3g}% "
+                                            f"of the side) and rotations "
+                                            f"(±{_num(aug.get('rotate', 0))}°) of the training "
+                                            f"images, {aug.get('fill', 'zeros')} fill (not in "
+                                            f"appendix B{src})"))
+        if s.get("ema"):
+            rows["ema"].append((method, _num(s["ema"])))
+        if method == "luring" and s["lambda"] != PAPER["lambda"][fam]:
+            out.append(f"luring λ = {_num(s['lambda'])} (appendix C: "
+                       f"{_num(PAPER['lambda'][fam])})")
+        if stack_fix:
+            parts = (["He initialisation"] if s["init"] == "kaiming" else []) + \
+                ([f"a {_span(s['warmup_epochs'])} learning-rate warm-up"]
+                 if s["warmup_epochs"] > 0 else [])
+            out.append(f"stack: P+M trained with {' and '.join(parts)} added to appendix B's "
+                       "schedule (without them it stays at chance through P's sigmoid "
+                       "bottleneck)")
+    out += _group(rows["init"], lambda m, d: f"{m} P initialised with {d} (appendix B and "
+                  "Algorithm 1 only say \"randomly initialize\"; the authors' Keras layers "
+                  "default to Glorot uniform)")
+    out += _group(rows["warmup"], lambda m, d: f"{m} P: a {d} linear learning-rate warm-up "
+                  "(not in appendix B)")
+    out += _group(rows["select"], lambda m, d: f"{m} P: {d} (paper: fixed "
+                  "epochs on all training images; the authors' code selected on a labelled "
+                  "split)")
+    out += _group(rows["dropout"], lambda m, d: f"{m} P with {d}")
+    out += _group(rows["augment"], lambda m, d: f"{m} P: label-free {d}")
+    out += _group(rows["ema"], lambda m, d: f"{m} P kept as an exponential moving average "
+                  f"(decay {d}) of its weights and batch-norm statistics (not in the paper)")
+    if "luring" in resolved:
+        out.append(_CLASS_B)
+    if fam == "mnist" and settings.get("profile") == "quick" and not settings.get("defense"):
+        out.append(QUICK_NOTES)
+    return out
+
+
+def attack_lines(settings: dict[str, Any]) -> list[str]:
+    """The attacks' settings the paper does not state or that depart from F.1."""
+    fam = settings["family"]
+    authors = PAPER["authors"]
+    defend = settings.get("defend") or {}
+    out: list[str] = []
+    eco = defend.get("eco")
+    if eco:
+        loss = eco.get("loss", "xent")
+        if loss == authors["eco_loss"]:
+            out.append("ECO minimises the untargeted cross-entropy (Moon et al.'s reference code "
+                       "and the authors' scripts; F.1 does not state ECO's objective)")
+        else:
+            out.append(f"ECO minimises the {loss} objective (F.1 does not state ECO's objective; "
+                       "Moon et al.'s reference code and the authors' scripts use the "
+                       "untargeted cross-entropy)")
+        batch, theirs = eco.get("block_batch"), authors["eco_block_batch"][fam]
+        if batch is not None:
+            ran = "as the authors ran it" if batch == theirs else f"the authors ran {theirs}"
+            out.append(f"ECO searches {batch} blocks at a time ({ran} on {fam}; F.1 does not "
+                       "state it)")
+        if bool(eco.get("early_stop", False)) != PAPER["eco"]["early_stop"]:
+            out.append("ECO stops each image at its first success (the reference code's "
+                       "behaviour; paper F.1: no early stop, which gives more transferable "
+                       "examples)")
+    spsa = defend.get("spsa")
+    if spsa and "delta" in spsa:
+        src = "the authors' code" if spsa["delta"] == authors["spsa_delta"] else \
+            f"the authors' code: {_num(authors['spsa_delta'])}"
+        out.append(f"SPSA δ = {_num(spsa['delta'])} ({src}; F.1 does not state it)")
+    return out
+
+
+#: Profile keys with their own lines above, left out of the generic override lines.
+HANDLED = {"defend.eco.loss", "defend.eco.block_batch", "defend.eco.early_stop"}
+
+
+def disclosure(settings: dict[str, Any], dataset: str) -> list[str]:
+    """Every departure of a run with resolved profile ``settings`` on ``dataset`` from the
+    paper: data, M, each P, the luring loss, the attacks, then each profile value that
+    differs from the paper profile's (``path = value (paper: value)``)."""
+    from luring.experiments.profiles import _paper
+
+    paper = _paper(settings["family"])
+    out: list[str] = []
+    if dataset == "mnist-5k":
+        out.append("data: mnist-5k (4,000 training / 1,000 test real MNIST digits) instead of "
+                   "full MNIST (60,000 / 10,000)")
+    elif dataset not in ("mnist", "svhn", "cifar10"):
+        out.append(f"data: {dataset}, which the paper does not use; it gets the "
+                   f"{settings['family']} settings")
+    if settings.get("defense_train_images"):
+        out.append(f"each P trained on {settings['defense_train_images']} training images only")
+    if settings.get("images_correct_for") != "all":
+        out.append("attacked test images are those M classifies correctly (paper: M and every T)")
+    out += target_lines(settings)
+    out += defense_lines(settings)
+    out += attack_lines(settings)
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if path in HANDLED:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in a:
+                sub = f"{path}.{k}" if path else k
+                if k in b:
+                    walk(a[k], b[k], sub)
+                elif sub not in HANDLED:
+                    out.append(f"{sub} = {a[k]} (overrides the paper's default)")
+        elif a != b:
+            out.append(f"{path} = {a} (paper: {b})")
+
+    for key in ("target", "defense", "characterize", "defend", "distortion", "logits"):
+        walk(settings.get(key, {}), paper.get(key, {}), key)
+    return out
