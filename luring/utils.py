@@ -6,6 +6,7 @@ Every stage uses these; none of them imports any other part of ``luring`` except
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -37,6 +38,7 @@ __all__ = [
     "check_range",
     "to_jsonable",
     "wilson_interval",
+    "fingerprint",
 ]
 
 
@@ -107,6 +109,36 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     return obj
+
+
+def _hash_into(h: Any, obj: Any) -> None:
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        h.update(f"tensor:{t.dtype}:{tuple(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        h.update(f"dict:{len(obj)}:".encode())
+        for k in sorted(obj, key=str):
+            h.update(f"{k!s}=".encode())
+            _hash_into(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"list:{len(obj)}:".encode())
+        for v in obj:
+            _hash_into(h, v)
+    else:
+        h.update(("json:" + json.dumps(to_jsonable(obj), sort_keys=True) + ";").encode())
+
+
+def fingerprint(*parts: Any) -> str:
+    """A 16-hex-digit SHA-256 fingerprint of tensors (dtype, shape and bytes), modules (their
+    ``state_dict``: every parameter and buffer), and JSON-able values, in order. Equal
+    content gives equal fingerprints on any device and in any process."""
+    h = hashlib.sha256()
+    for p in parts:
+        _hash_into(h, p)
+    return h.hexdigest()[:16]
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -110,5 +110,101 @@ def test_rerun_with_other_settings_is_refused(uninterrupted, target_dir, capsys)
     before = (uninterrupted / "results.json").read_bytes()
     code = main(["reproduce", "--profile", "quick", "--target", str(target_dir),
                  "--out", str(uninterrupted)])
-    assert code == 2 and "different settings" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "holds another run" in err and 'profile: "smoke" → "quick"' in err
     assert (uninterrupted / "results.json").read_bytes() == before
+
+
+# ---- run identity: a rerun never mixes runs --------------------------------------------------
+
+def _tree(d: Path) -> dict[str, bytes]:
+    """Every file under ``d`` (but the lock) with its bytes."""
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def _refused(capsys, argv, out: Path, what: str) -> None:
+    before = _tree(out)
+    capsys.readouterr()  # what earlier commands printed
+    code = main(argv + ["--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "holds another run" in err and what in err and "--restart" in err
+    assert _tree(out) == before  # nothing lost, nothing rewritten (config.json included)
+
+
+BASE = ["reproduce", "--dataset", "mnist-5k", "--profile", "smoke", "--device", "cpu"]
+
+
+def test_rerun_with_another_seed_or_seeds_is_refused(uninterrupted, target_dir, capsys):
+    tgt = ["--target", str(target_dir)]
+    _refused(capsys, BASE + tgt + ["--seed", "1"], uninterrupted, "seed: 0 → 1")
+    _refused(capsys, BASE + tgt + ["--seeds", "2"], uninterrupted, "seeds: [0] → [0, 1]")
+
+
+def test_rerun_with_another_target_is_refused(uninterrupted, target_dir, tmp_path, capsys,
+                                              trained_mnist_target):
+    model, _, _ = trained_mnist_target
+    other = tmp_path / "other-target"
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    first = next(k for k in state if k.endswith("weight"))
+    state[first][(0,) * state[first].dim()] += 1e-3  # one weight differs
+    m2 = type(model)()
+    m2.load_state_dict(state)
+    save_checkpoint(m2, other, "model", architecture="mnist-target", input_shape=(1, 28, 28),
+                    num_classes=10, dataset="mnist-5k", test_accuracy=None)
+    _refused(capsys, BASE + ["--target", str(other)], uninterrupted, "target:")
+    _refused(capsys, BASE, uninterrupted, "target:")  # M trained in the directory instead
+
+
+def test_rerun_with_another_dataset_of_the_family_is_refused(uninterrupted, target_dir,
+                                                             tmp_path, capsys, monkeypatch):
+    from test_data_fixtures import make_idx_set
+
+    from luring.data.files import CHECKSUMS
+
+    made = make_idx_set(tmp_path / "data" / "MNIST" / "raw", n_train=20, n_test=10)
+    monkeypatch.setitem(CHECKSUMS, "mnist", made["md5"])
+    argv = ["reproduce", "--dataset", "mnist", "--data-dir", str(tmp_path / "data"),
+            "--profile", "smoke", "--device", "cpu", "--target", str(target_dir)]
+    _refused(capsys, argv, uninterrupted, 'dataset: "mnist-5k" → "mnist"')
+
+
+def test_defense_trained_for_another_target_is_not_reused(uninterrupted, target_dir, tmp_path,
+                                                          capsys):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(uninterrupted, run)
+    ident = run / "models" / "luring-s0" / "identity.json"
+    data = json.loads(ident.read_text())
+    data["target"] = "0123456789abcdef"
+    ident.write_text(json.dumps(data))
+    before = _tree(run)
+    code = main(BASE + ["--target", str(target_dir), "--out", str(run)])
+    err = capsys.readouterr().err
+    assert code == 2 and "models/luring-s0" in err and "trained from something else" in err
+    errors = [line for line in err.splitlines() if line.startswith("luring: error:")]
+    assert len(errors) == 1 and "target:" in errors[0] and "Traceback" not in err
+    assert {k: v for k, v in _tree(run).items() if k != "config.json"} == \
+        {k: v for k, v in before.items() if k != "config.json"}
+
+
+def test_restart_gives_the_results_of_a_fresh_run(uninterrupted, target_dir, tmp_path, capsys):
+    import shutil
+
+    argv = ["saliency", "--dataset", "mnist-5k", "--profile", "smoke", "--device", "cpu",
+            "--seed", "1", "--target", str(target_dir)]
+    fresh = tmp_path / "fresh"
+    assert main(argv + ["--out", str(fresh)]) == 0
+    run = tmp_path / "old"
+    shutil.copytree(uninterrupted, run)
+    _refused(capsys, argv, run, "seed: 0 → 1")
+    assert main(argv + ["--restart", "--out", str(run)]) == 0
+    assert (run / "results.json").read_bytes() == (fresh / "results.json").read_bytes()
+    # the report links only what this run produced; the old run's tables are gone
+    names = {p.name for p in run.iterdir()}
+    assert "table_defend.csv" not in names and "figure3_saliency.png" in names
+    assert "table_defend" not in (run / "report.md").read_text()
+    assert json.loads((run / "config.json").read_text())["experiments"] == ["saliency"]

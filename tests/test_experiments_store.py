@@ -49,12 +49,59 @@ def test_failed_unit_leaves_nothing(tmp_path):
     assert not (tmp_path / "units" / "kind" / "k.safetensors").exists()
 
 
-def test_changed_settings_are_refused(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"settings": {"a": 1}}))
+def test_changed_identity_is_refused_with_what_differs(tmp_path):
+    ident = {"dataset": "mnist-5k", "seed": 0, "settings": {"defend": {"n": 50}}}
+    (tmp_path / "config.json").write_text(json.dumps({"identity": ident}))
     with RunDir(tmp_path) as run:
-        run.check_settings({"a": 1})
-        with pytest.raises(LuringError, match="different settings"):
-            run.check_settings({"a": 2})
+        assert run.check_identity(ident) == {"identity": ident}
+        other = {"dataset": "fashion-mnist", "seed": 0, "settings": {"defend": {"n": 20}}}
+        with pytest.raises(LuringError) as err:
+            run.check_identity(other)
+    msg = str(err.value)
+    assert 'dataset: "mnist-5k" → "fashion-mnist"' in msg and "settings.defend.n: 50 → 20" in msg
+    assert "--restart" in msg and "\n" not in msg and "seed" not in msg
+
+
+def test_directory_from_an_older_version_or_without_config_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"settings": {"a": 1}}))
+    with RunDir(tmp_path) as run, pytest.raises(LuringError, match="older luring"):
+        run.check_identity({"settings": {"a": 1}})
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "units").mkdir()
+    with RunDir(tmp_path) as run, pytest.raises(LuringError, match="no config.json"):
+        run.check_identity({"a": 1})
+
+
+def test_restart_clears_everything_but_the_lock(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "units" / "k").mkdir(parents=True)
+    (tmp_path / "units" / "k" / "u.safetensors").write_bytes(b"x")
+    (tmp_path / ".trash-1").mkdir()  # left by a killed restart
+    with RunDir(tmp_path, restart=True) as run:
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+        assert run.check_identity({"a": 1}) is None
+
+
+def test_unit_made_for_another_identity_is_recomputed(tmp_path):
+    calls = []
+
+    def fn(v):
+        def f():
+            calls.append(v)
+            return {"a": torch.tensor([v])}, {"v": v}
+        return f
+
+    idx = torch.arange(4)
+    with RunDir(tmp_path) as run:
+        run.unit("kind", "k", fn(1), {"indices": idx, "seed": 0})
+        t, m = run.unit("kind", "k", fn(2), {"indices": idx.clone(), "seed": 0})  # same
+        assert calls == [1] and m == {"v": 1}
+        t, m = run.unit("kind", "k", fn(3), {"indices": idx + 1, "seed": 0})
+        assert calls == [1, 3] and m == {"v": 3} and t["a"].tolist() == [3]
+        assert run.recomputed == ["kind/k"]
+        # the replacement is what is reused next
+        t, m = run.unit("kind", "k", fn(4), {"indices": idx + 1, "seed": 0})
+        assert calls == [1, 3] and m == {"v": 3}
 
 
 def test_profiles():
@@ -79,7 +126,10 @@ def test_profiles():
         assert "target.epochs = 3 (overrides the paper's default)" in \
             differences_from_paper(q, family)
     # the paper profile departs from the paper only where Stack would not train otherwise
-    assert [d[:6] for d in differences_from_paper(paper, "mnist")] == ["stack:"]
+    pd = differences_from_paper(paper, "mnist")
+    assert any(d.startswith("stack:") for d in pd)
+    assert any(d.startswith("luring loss (eq. 2): class b") for d in pd)
+    assert not any("overrides the paper's default" in d for d in pd)
     assert step_size("2.5*eps/steps", 0.4, 10) == pytest.approx(0.1)
     with pytest.raises(LuringError):
         resolve_profile("fast", "mnist")
@@ -103,3 +153,24 @@ def test_unit_seed_and_selection():
     idx = select_images(x, y, [Const()], 20, seed=3)
     assert len(idx) == 20 and (idx >= 10).all() and len(set(idx.tolist())) == 20
     assert torch.equal(idx, select_images(x, y, [Const()], 20, seed=3))
+
+
+def test_aggregate_over_seeds_pools_examples_and_keeps_every_seed():
+    from luring.experiments.common import aggregate
+    from luring.metrics import Rate
+    from luring.utils import wilson_interval
+
+    # seed 3: 6 of 10 defended; seed 4: 1 of 5 (different n, as characterize's masks give)
+    row = aggregate("characterize", "luring", "mim", 0.3,
+                    [{"dr": Rate.of(6, 10)}, {"dr": Rate.of(1, 5)}], seeds=[3, 4])
+    assert row["dr"] == pytest.approx(7 / 15) and row["n"] == 15
+    assert row["ci"]["dr"] == pytest.approx(list(wilson_interval(7, 15)))
+    assert row["mean"]["dr"] == pytest.approx(0.4)
+    assert row["std"]["dr"] == pytest.approx(((0.6 - 0.4) ** 2 + (0.2 - 0.4) ** 2) ** 0.5)
+    assert row["per_seed"]["dr"] == [{"seed": 3, "value": 0.6, "k": 6, "n": 10},
+                                     {"seed": 4, "value": 0.2, "k": 1, "n": 5}]
+    assert row["n_per_seed"] == [10, 5]
+    # one seed: the plain rate, its n and interval, and nothing per seed
+    one = aggregate("defend", "ce", "spsa", 0.2, [{"dac": Rate.of(3, 4)}], seeds=[0])
+    assert one["dac"] == 0.75 and one["n"] == 4 and "per_seed" not in one and "std" not in one
+    assert one["ci"]["dac"] == pytest.approx(list(wilson_interval(3, 4)))

@@ -296,3 +296,20 @@ def test_render_does_not_mutate_results(tmp_path, fast_figures):
     render_report(res, tmp_path)
     print_summary(res)
     assert res == before
+
+
+def test_rerender_of_fewer_parts_removes_and_unlinks_stale_files(tmp_path, monkeypatch):
+    from luring.report import figures
+
+    monkeypatch.setattr(figures, "figure2_png", lambda r: PNG_MAGIC if r.get("rows") else None)
+    monkeypatch.setattr(figures, "figure3_l0_png", lambda r: PNG_MAGIC)
+    render_report(_results(), tmp_path)
+    assert (tmp_path / "table_defend.csv").exists() and (tmp_path / "figure2.png").exists()
+    (tmp_path / "notes.csv").write_text("mine")  # not the report's: left alone
+    res = _results()
+    res.pop("rows")  # e.g. `luring logits --out DIR` after a full reproduce
+    text = render_report(res, tmp_path).read_text()
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {"table_defend.csv", "table_characterize.csv", "figure2.png"}.isdisjoint(names)
+    assert "table_defend.csv" not in text and "figure2.png" not in text
+    assert "[table_clean.csv](table_clean.csv)" in text and "notes.csv" in names

@@ -26,6 +26,9 @@ def _options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
                    help="train each P with this many seeds and report mean ± std")
     p.add_argument("--target", default=None,
                    help="reuse this trained M (a train-target directory) instead of training")
+    p.add_argument("--restart", action="store_true",
+                   help="clear the run directory (models, units, results) and start over; "
+                   "without it, a rerun with other data, settings, seeds or target is refused")
     add_common(p, out=not demo)
     if demo:
         p.add_argument("--out", default="luring-demo", help="run directory (default ./luring-demo)")
@@ -45,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(figure 2)"),
                        ("defend", "section 4: SPSA, ECO and MIM-W against each approach "
                         "(tables 1 and 14)"),
+                       ("adaptive", "adaptive evaluation (not in the paper): the enlarged "
+                        "attack family with margin loss and BPDA, a substitute-model attacker, "
+                        "gradient-masking checks and the paired verdict"),
                        ("distortion", "CW-L2 distortion (table 9, figure 3 left)"),
                        ("logits", "logits analysis Ω_c (table 10)"),
                        ("saliency", "saliency maps ∇ₓP(x) (figure 3 right)")]:
@@ -61,7 +67,7 @@ def _run(args: argparse.Namespace, experiments: tuple[str, ...], **fixed) -> int
     profile = fixed.get("profile", getattr(args, "profile", "quick"))
     results = reproduce(dataset, args.out, profile=profile, seed=args.seed, seeds=args.seeds,
                         device=args.device, data_dir=args.data_dir, experiments=experiments,
-                        target_dir=args.target,
+                        target_dir=args.target, restart=args.restart,
                         log=lambda m: print(m, file=sys.stderr))
     print(print_summary(results))
     print(f"\nreport: {args.out}/report.md   results: {args.out}/results.json")

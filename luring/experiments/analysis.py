@@ -2,7 +2,9 @@
 analysis Ω_c (eq. 5, table 10) and the saliency maps ∇ₓP(x) (figure 3 right).
 
 Each runs on test images correctly classified by M and every T (the first seed's models).
-Units: ``distortion/<model>``, ``logits/<approach>``, ``saliency/all``.
+Units: ``distortion/<model>``, ``logits/<approach>``, ``saliency/all``; each unit's identity
+(images, models, seed, parameters; see ``reproduce``) is stored with it, so a unit made for
+other images or models is recomputed, never reused.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ __all__ = ["run_distortion", "run_logits", "run_saliency"]
 
 def run_distortion(run: RunDir, target: torch.nn.Module, defenses: dict[str, Any],
                    x: torch.Tensor, y: torch.Tensor, settings: dict[str, Any],
-                   seed: int) -> list[dict[str, Any]]:
+                   seed: int, ident: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """CW-L2 on M and on each T: table-9 rows ``{"model", "n", "n_success", "success_rate",
     "mean_l2", "mean_linf", "mean_l0", "l0"}`` (means over successful examples)."""
     cfg = settings["distortion"]
@@ -42,13 +44,14 @@ def run_distortion(run: RunDir, target: torch.nn.Module, defenses: dict[str, Any
             return {"x_adv": x_adv, "success": predict_labels(model, x_adv) != y}, \
                 {"params": attack.params()}
 
-        data, _ = run.unit("distortion", name, craft)
+        data, _ = run.unit("distortion", name, craft, {"run": ident, "params": cfg})
         rows.append({"model": name} | distortion_summary(data["x_adv"], x, data["success"]))
     return rows
 
 
 def run_logits(run: RunDir, target: torch.nn.Module, defenses: dict[str, Any],
-               x: torch.Tensor, settings: dict[str, Any]) -> dict[str, Any]:
+               x: torch.Tensor, settings: dict[str, Any],
+               ident: dict[str, Any] | None = None) -> dict[str, Any]:
     """Ω_c per approach and class, and table 10: for each class, the share of examples where
     Ω_c is higher for luring than for the other approaches."""
     grad_m = None
@@ -60,7 +63,7 @@ def run_logits(run: RunDir, target: torch.nn.Module, defenses: dict[str, Any],
                 grad_m = logit_gradients(target, x)
             return {"omega": omega(grad_m, logit_gradients(d.augmented, x))}, {}
 
-        omegas[name] = run.unit("logits", name, compute)[0]["omega"]
+        omegas[name] = run.unit("logits", name, compute, {"run": ident})[0]["omega"]
     mean = {a: o.double().mean(0).tolist() for a, o in omegas.items()}
     out: dict[str, Any] = {"n": len(x), "mean_omega": mean}
     if "luring" in omegas and len(omegas) > 1:
@@ -69,7 +72,8 @@ def run_logits(run: RunDir, target: torch.nn.Module, defenses: dict[str, Any],
 
 
 def run_saliency(run: RunDir, target: torch.nn.Module, defenses: dict[str, Any],
-                 x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+                 x: torch.Tensor, y: torch.Tensor,
+                 ident: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """Figure 3 (right): the clean images, ∇ₓCE(M(x), y) and ∇ₓP(x) for each approach."""
     def compute():
         maps = {"image": x, "input_gradient": input_saliency(target, x, y)}
@@ -77,4 +81,4 @@ def run_saliency(run: RunDir, target: torch.nn.Module, defenses: dict[str, Any],
             maps[f"component_{name}"] = component_saliency(d.component, x)
         return maps, {}
 
-    return run.unit("saliency", "all", compute)[0]
+    return run.unit("saliency", "all", compute, {"run": ident})[0]

@@ -25,10 +25,12 @@ CHARACTERIZE_ATTACKS = ("fgsm", "pgd", "mim", "mim-l2")
 
 def run_characterize(run: RunDir, target: torch.nn.Module, defenses: dict[str, list[Any]],
                      x: torch.Tensor, y: torch.Tensor, settings: dict[str, Any],
-                     seed: int) -> list[dict[str, Any]]:
+                     seed: int, ident: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Run (or reuse) every characterisation unit; return result rows
     ``{"experiment": "characterize", "approach", "attack", "eps", "n", "dr", "iar", ...}``
-    with the per-seed values aggregated (mean, and std when several seeds)."""
+    with the per-seed values aggregated (see :func:`~luring.experiments.common.aggregate`).
+    ``ident`` identifies the images and models (see ``reproduce``); each unit's identity adds
+    its attack parameters."""
     cfg = settings["characterize"]
     seeds = sorted(next(iter(defenses.values())).keys()) if defenses else []
     units = [(s, a, atk, e) for s in seeds for a in defenses for atk in CHARACTERIZE_ATTACKS
@@ -45,7 +47,8 @@ def run_characterize(run: RunDir, target: torch.nn.Module, defenses: dict[str, l
                      "m_pred": predict_labels(target, x_adv)},
                     {"params": attack.params(), "n": len(x)})
 
-        preds[(s, a, atk, e)] = run.unit("characterize", f"s{s}-{a}-{atk}-eps{e}", craft)[0]
+        preds[(s, a, atk, e)] = run.unit("characterize", f"s{s}-{a}-{atk}-eps{e}", craft,
+                                         {"run": ident, "params": cfg})[0]
     # Examples successful on the T of every approach, per (seed, attack, ε).
     common: dict[tuple, torch.Tensor] = {}
     for s, _, atk, e in units:
@@ -65,6 +68,6 @@ def run_characterize(run: RunDir, target: torch.nn.Module, defenses: dict[str, l
                     t, m, yy = p["t_pred"][mask], p["m_pred"][mask], y[mask]
                     per_seed.append({"dr": disagreement_rate(t, m, yy),
                                      "iar": inefficient_rate(t, m, yy)})
-                rows.append(aggregate("characterize", a, atk, e, per_seed))
+                rows.append(aggregate("characterize", a, atk, e, per_seed, seeds=seeds))
     return rows
 

@@ -55,7 +55,8 @@ def make_attack(name: str, model: nn.Module, eps: float, params: dict[str, Any],
                       delta=params["delta"], lr=params["lr"], seed=seed)
     if name == "eco":
         return A.ECO(model, eps=eps, max_queries=params["max_queries"],
-                     block_size=params["block_size"], seed=seed)
+                     block_size=params["block_size"], block_batch=params["block_batch"],
+                     loss=params["loss"], early_stop=params["early_stop"], seed=seed)
     if name == "cw-l2":
         return A.CWL2(model, binary_steps=params["binary_steps"], steps=params["iterations"],
                       lr=params["lr"], const=params["initial_const"], seed=seed)
@@ -71,22 +72,37 @@ def mean_std(vals: list[float]) -> tuple[float, float | None]:
 
 
 def aggregate(experiment: str, approach: str, attack: str, eps: float,
-               per_seed: list[dict[str, Any]], extra: dict[str, Any] | None = None
-               ) -> dict[str, Any]:
-    """One results row from per-seed Rates: value = mean over seeds; ``n`` and ``ci`` from the
-    first seed; ``std`` when there are several seeds."""
+              per_seed: list[dict[str, Any]], extra: dict[str, Any] | None = None,
+              seeds: list[int] | None = None) -> dict[str, Any]:
+    """One results row from per-seed Rates (``per_seed[i][metric]`` a
+    :class:`~luring.metrics.Rate` for seed ``seeds[i]``).
+
+    The printed value of each metric is pooled over every seed's examples (Σk / Σn), so its
+    Wilson interval ``ci`` and ``n`` (Σn) belong to it; with equal n per seed it equals the
+    mean over seeds. With several seeds the row also holds ``mean`` and ``std`` (sample std
+    over seeds) per metric, and ``per_seed``: ``{metric: [{"seed", "value", "k", "n"}]}``."""
+    from luring.metrics import Rate
+
+    seeds = list(seeds) if seeds is not None else list(range(len(per_seed)))
     row: dict[str, Any] = {"experiment": experiment, "approach": approach, "attack": attack,
                            "eps": eps, "n": None, "ac_mop": None, "ac_m": None, "dac": None,
                            "dr": None, "iar": None, "ci": {}}
     for key in per_seed[0]:
-        vals = [r[key].value for r in per_seed]
-        vals = [v for v in vals if v is not None]
-        mean, std = mean_std(vals) if vals else (None, None)
-        row[key] = mean
-        row["n"] = per_seed[0][key].n if row["n"] is None else row["n"]
-        row["ci"][key] = [per_seed[0][key].ci_low, per_seed[0][key].ci_high]
-        if len(per_seed) > 1 and vals:
-            row.setdefault("std", {})[key] = std if std is not None else 0.0
+        rates = [r[key] for r in per_seed]
+        pooled = Rate.of(sum(r.k for r in rates), sum(r.n for r in rates))
+        row[key] = pooled.value
+        row["n"] = pooled.n if row["n"] is None else row["n"]
+        row["ci"][key] = [pooled.ci_low, pooled.ci_high]
+        if len(per_seed) > 1:
+            vals = [r.value for r in rates if r.value is not None]
+            mean, std = mean_std(vals) if vals else (None, None)
+            row.setdefault("mean", {})[key] = mean
+            row.setdefault("std", {})[key] = std if std is not None else (0.0 if vals else None)
+            row.setdefault("per_seed", {})[key] = [
+                {"seed": s, "value": r.value, "k": r.k, "n": r.n}
+                for s, r in zip(seeds, rates, strict=True)]
+    if len(per_seed) > 1:
+        row["n_per_seed"] = [next(iter(r.values())).n for r in per_seed]
     if extra:
         row.update(extra)
     return row

@@ -50,8 +50,14 @@ def _mimw_unit(model, target, x, y, eps, cfg, seed):
 
 def run_defend(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[int, Any]],
                x: torch.Tensor, y: torch.Tensor, settings: dict[str, Any],
-               seed: int) -> list[dict[str, Any]]:
-    """Run (or reuse) every defend unit and return the result rows."""
+               seed: int, ident: dict[str, Any] | None = None,
+               outcomes: dict[tuple, dict[str, torch.Tensor]] | None = None
+               ) -> list[dict[str, Any]]:
+    """Run (or reuse) every defend unit and return the result rows. ``ident`` identifies the
+    images and models (see ``reproduce``); each unit's identity adds its parameters. MIM-W
+    rows record the chosen setting of every seed (``settings_per_seed``). ``outcomes``, when
+    given, receives the per-example booleans ``{(seed, approach, attack, ε): {"t_ok", "m_ok",
+    "defended"}}`` for the paired verdict."""
     cfg = settings["defend"]
     seeds = sorted(next(iter(defenses.values())).keys()) if defenses else []
     units = [(s, a, atk, e) for s in seeds for a in defenses for e in settings["eps"]
@@ -71,7 +77,9 @@ def run_defend(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[in
                 return ({"t_ok": correct(t, y), "m_ok": correct(mp, y),
                          "defended": dac_ok(t, mp, y)},
                         {"params": attack.params(), "queries": attack.n_queries})
-        out[(s, a, atk, e)] = run.unit("defend", f"s{s}-{a}-{atk}-eps{e}", craft)
+        params = cfg["mim_w"] if atk == "mim-w" else cfg[atk]
+        out[(s, a, atk, e)] = run.unit("defend", f"s{s}-{a}-{atk}-eps{e}", craft,
+                                       {"run": ident, "params": params})
     rows = []
     for a in defenses:
         for e in settings["eps"]:
@@ -84,14 +92,18 @@ def run_defend(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[in
                     per[name].append(_rates(u["t_ok"], u["m_ok"], u["defended"]))
                 per["mim-w"].append(_rates(mw["best_t_ok"], mw["best_m_ok"], mw["best_defended"]))
                 chosen.append(mw_meta["best"])
-                per["worst-case"].append(_rates(
-                    worst_case([sp["t_ok"], ec["t_ok"], mw["t_ok_all"]]),
-                    worst_case([sp["m_ok"], ec["m_ok"], mw["m_ok_all"]]),
-                    worst_case([sp["defended"], ec["defended"], mw["defended_all"]])))
+                worst = (worst_case([sp["t_ok"], ec["t_ok"], mw["t_ok_all"]]),
+                         worst_case([sp["m_ok"], ec["m_ok"], mw["m_ok_all"]]),
+                         worst_case([sp["defended"], ec["defended"], mw["defended_all"]]))
+                per["worst-case"].append(_rates(*worst))
+                if outcomes is not None:
+                    keys = ("t_ok", "m_ok", "defended")
+                    outcomes[(s, a, "mim-w", e)] = {k: mw[f"best_{k}"] for k in keys}
+                    outcomes[(s, a, "worst-case", e)] = dict(zip(keys, worst, strict=True))
             for atk, vals in per.items():
                 extra = {"setting": chosen[0], "settings_per_seed": chosen} if atk == "mim-w" \
                     else None
-                rows.append(aggregate("defend", a, atk, e, vals, extra))
+                rows.append(aggregate("defend", a, atk, e, vals, extra, seeds=seeds))
     return rows
 
 

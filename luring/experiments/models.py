@@ -1,7 +1,9 @@
 """The models stage of a run: M in ``models/target`` and each approach's defense in
 ``models/<approach>-s<seed>``, trained when missing and reused when present. Each directory
 is built under a temporary name and renamed into place when complete, so a killed run never
-leaves a half-written model behind."""
+leaves a half-written model behind. Each holds ``identity.json``: what it was trained from
+(data fingerprint, settings, seed and, for a defense, the fingerprint of M). A model is reused
+only when that identity matches, and a defense only when its copy of M is the run's M."""
 
 from __future__ import annotations
 
@@ -13,62 +15,96 @@ from typing import Any
 
 import torch
 
-from luring.data import get_spec, load
-from luring.experiments.store import RunDir
+from luring.data import get_spec
+from luring.errors import LuringError
+from luring.experiments.store import RunDir, identity_differences
 from luring.models import load_checkpoint
 from luring.models.train import target_settings, train_target_run
+from luring.utils import atomic_write_json, fingerprint, read_json, to_jsonable
+
+IDENTITY = "identity.json"
 
 __all__ = ["prepare_models"]
 
 
-def _build_dir(final: Path, build: Callable[[Path], None]) -> None:
-    """Run ``build(tmp)`` into a fresh temporary directory and rename it to ``final``."""
+def _build_dir(final: Path, build: Callable[[Path], None], identity: dict[str, Any]) -> None:
+    """Run ``build(tmp)`` into a fresh temporary directory, record ``identity`` in it and
+    rename it to ``final``."""
     tmp = final.with_name(f".{final.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)  # left by a killed run
     tmp.mkdir(parents=True)
     build(tmp)
+    atomic_write_json(tmp / IDENTITY, identity)
     os.replace(tmp, final)
+
+
+def _check_reuse(run: RunDir, d: Path, identity: dict[str, Any]) -> None:
+    """Refuse to reuse model directory ``d`` when it was trained from something else."""
+    old = read_json(d / IDENTITY) if (d / IDENTITY).exists() else None
+    diffs = identity_differences(old, to_jsonable(identity))
+    if diffs:
+        raise LuringError(f"{d.relative_to(run.path)} in {run.path} was trained from something "
+                          f"else ({'; '.join(diffs)}); use another --out, or --restart to clear "
+                          "the directory and retrain")
 
 
 def prepare_models(run: RunDir, dataset: str, settings: dict[str, Any], seeds: list[int],
                    device: torch.device, data_dir: str | None, target_dir: str | None,
+                   train: tuple[torch.Tensor, torch.Tensor],
                    test: tuple[torch.Tensor, torch.Tensor],
                    log: Callable[[str], None] = print) -> tuple[torch.nn.Module, dict]:
-    """Train or reuse M and every approach's defense; ``test`` (the test split the caller
-    already holds) gives each new defense its clean evaluation. Returns ``(M, {approach:
-    {seed: Defense}})`` with all models on ``device`` in eval mode."""
+    """Train or reuse M and every approach's defense; ``train`` and ``test`` are the splits
+    the caller already holds (P trains on the first; the second gives each new defense its
+    clean evaluation). Returns ``(M, {approach: {seed: Defense}})`` with all models on
+    ``device`` in eval mode. A model directory trained from other data, settings, seed or
+    (for a defense) another M is refused, never reused."""
     from luring.defense import load as load_defense
 
     spec = get_spec(dataset)
     models = run.path / "models"
     models.mkdir(exist_ok=True)
+    data_fp = fingerprint(*train)
     if target_dir:
         tdir = Path(target_dir)
     else:
         tdir = models / "target"
+        t_ident = {"dataset": dataset, "data": data_fp, "settings": settings["target"],
+                   "seed": seeds[0]}
         if not (tdir / "model.json").exists():
             log("training the target M ...")
             ts = target_settings(spec.family, **settings["target"])
             _build_dir(tdir, lambda d: train_target_run(dataset, d, ts, seed=seeds[0],
-                                                        device=device, data_dir=data_dir))
+                                                        device=device, data_dir=data_dir),
+                       t_ident)
+        else:
+            _check_reuse(run, tdir, t_ident)
     target, meta = load_checkpoint(tdir, "model", device=device)
     for p in target.parameters():
         p.requires_grad_(False)
+    target_fp = fingerprint(target)
     log(f"target M: {meta['architecture']}, test accuracy {meta.get('test_accuracy')}")
-    train: list = []  # (x_train, y_train), loaded on first use
     defenses: dict[str, dict[int, Any]] = {}
     for approach in settings["approaches"]:
         defenses[approach] = {}
         for s in seeds:
             ddir = models / f"{approach}-s{s}"
+            d_ident = {"method": approach, "seed": s, "dataset": dataset, "data": data_fp,
+                       "profile": settings["profile"], "settings": settings["defense"],
+                       "train_images": settings.get("defense_train_images"),
+                       "target": target_fp}
             if not (ddir / "defense.json").exists():
-                if not train:
-                    train.extend(load(dataset, "train", data_dir))
                 log(f"training the {approach} defense (seed {s}) ...")
                 _build_dir(ddir, lambda d, a=approach, s=s: _train_defense(
-                    target, meta, tdir, d, a, spec, settings, s, device, (*train, *test)))
-            defenses[approach][s] = load_defense(ddir, device=device)
+                    target, meta, tdir, d, a, spec, settings, s, device, (*train, *test)),
+                    d_ident)
+            else:
+                _check_reuse(run, ddir, d_ident)
+            defense = load_defense(ddir, device=device)
+            if fingerprint(defense.target) != target_fp:
+                raise LuringError(f"{ddir} holds a defense trained for another M (its copy of "
+                                  "M differs from the run's); use another --out, or --restart")
+            defenses[approach][s] = defense
     return target, defenses
 
 

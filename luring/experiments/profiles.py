@@ -11,17 +11,25 @@ from typing import Any
 
 from luring.errors import LuringError
 
-__all__ = ["PROFILES", "resolve_profile", "APPROACHES", "EXPERIMENTS", "ECO_BLOCK", "L2_BOUND",
-           "differences_from_paper"]
+__all__ = ["PROFILES", "resolve_profile", "APPROACHES", "EXPERIMENTS", "ECO_BLOCK", "ECO_BATCH",
+           "L2_BOUND", "differences_from_paper"]
 
 APPROACHES = ("stack", "auto", "ce", "luring")
-EXPERIMENTS = ("characterize", "defend", "distortion", "logits", "saliency")
+EXPERIMENTS = ("characterize", "defend", "adaptive", "distortion", "logits", "saliency")
+#: The adaptive family's transfer attacks (not in the paper), with the attacks' defaults.
+_TRANSFER = [{"attack": "ni-fgsm"}, {"attack": "si-ni-fgsm"}, {"attack": "vmi-fgsm"},
+             {"attack": "vni-fgsm"}]
+#: Every (loss, gradient) pass of the adaptive family: cross-entropy or logit margin, T's own
+#: gradient or BPDA (straight through T's saturating layers).
+_PASSES = [["ce", "plain"], ["ce", "bpda"], ["margin", "plain"], ["margin", "bpda"]]
 
 _EPS = {"mnist": [0.2, 0.3, 0.4], "svhn": [0.03, 0.06, 0.08], "cifar10": [0.02, 0.03, 0.04]}
 _MIMW_STEPS = {"mnist": 1000, "svhn": 500, "cifar10": 100}
 #: Per family: the l2 bound of MIM-L2 and ECO's initial block size (appendices D and F).
 L2_BOUND = {"mnist": 30.0, "svhn": 2.0, "cifar10": 2.0}
 ECO_BLOCK = {"mnist": 2, "svhn": 8, "cifar10": 4}
+#: Per family: ECO's local-search batch (blocks per search) as the authors ran it.
+ECO_BATCH = {"mnist": 256, "svhn": 256, "cifar10": 512}
 _P_GRID = [round(0.1 * i, 1) for i in range(1, 11)]
 _K_GRID = [3, 5, 10, 15]
 
@@ -40,13 +48,28 @@ def _paper(family: str) -> dict[str, Any]:
                          "eps_l2": L2_BOUND[family], "step_size_l2": 0.01},
         "defend": {"n": 1000,
                    "spsa": {"iterations": 100, "samples": 128, "delta": 0.01, "lr": 0.1},
-                   "eco": {"max_queries": 20000, "block_size": ECO_BLOCK[family]},
+                   # ECO: F.1's budget, block size and no early stop; the untargeted
+                   # cross-entropy and the local-search batch of the authors' scripts
+                   "eco": {"max_queries": 20000, "block_size": ECO_BLOCK[family],
+                           "block_batch": ECO_BATCH[family], "loss": "xent",
+                           "early_stop": False},
                    "mim_w": {"steps": _MIMW_STEPS[family], "step_size": 0.01, "mu": 1.0,
                              "p_values": _P_GRID, "kernel_sizes": _K_GRID}},
         "distortion": {"n": 1000, "binary_steps": 10, "iterations": 500, "lr": 0.1,
                        "initial_const": 0.5},
         "logits": {"n": 1000},
         "saliency": {"n": 3},
+        # not in the paper: the adaptive evaluation (on the defend images), its masking
+        # diagnostics and the substitute-model attacker of Papernot et al. (2017)
+        "adaptive": {"steps": _MIMW_STEPS[family], "step_size": 0.01, "mu": 1.0,
+                     "p_values": _P_GRID, "kernel_sizes": _K_GRID,
+                     "transfer_attacks": copy.deepcopy(_TRANSFER),
+                     "passes": copy.deepcopy(_PASSES), "kappa": 10.0,
+                     "substitute": {"pool": 1000, "labels": "hard", "epochs": 10, "rounds": 2,
+                                    "lam": 0.1, "batch_size": 64, "lr": 0.001},
+                     "diagnostics": {"steps": [100, _MIMW_STEPS[family]],
+                                     "reference_steps": _MIMW_STEPS[family],
+                                     "step_size": 0.01, "mu": 1.0, "grad_ratio": 1e-3}},
     }
 
 
@@ -65,6 +88,17 @@ def _quick(family: str) -> dict[str, Any]:
                                 kernel_sizes=[5, 10])
     p["distortion"].update(n=20, binary_steps=4, iterations=30)
     p["logits"].update(n=100)
+    # the adaptive subset that fits the demo: MIM and DIM of the grid, the four transfer
+    # attacks with fewer scale copies / neighbours, three of the four (loss, gradient) passes
+    # (plain cross-entropy is MIM-W's own), a substitute on 300 other test images
+    p["adaptive"].update(steps=10, step_size="2.5*eps/steps", p_values=[1.0], kernel_sizes=[],
+                         passes=[["ce", "bpda"], ["margin", "plain"], ["margin", "bpda"]])
+    p["adaptive"]["transfer_attacks"] = [
+        {"attack": "ni-fgsm"}, {"attack": "si-ni-fgsm", "scales": 3},
+        {"attack": "vmi-fgsm", "neighbors": 5}, {"attack": "vni-fgsm", "neighbors": 5}]
+    p["adaptive"]["substitute"].update(pool=300, epochs=5, rounds=1)
+    p["adaptive"]["diagnostics"].update(steps=[10, 100], reference_steps=10,
+                                        step_size="2.5*eps/steps")
     return p
 
 
@@ -82,6 +116,10 @@ def _smoke(family: str) -> dict[str, Any]:
     p["distortion"].update(n=6, binary_steps=2, iterations=5)
     p["logits"].update(n=8)
     p["saliency"].update(n=2)
+    p["adaptive"].update(steps=2, passes=[["margin", "bpda"]])
+    p["adaptive"]["transfer_attacks"] = [{"attack": "ni-fgsm"}]
+    p["adaptive"]["substitute"].update(pool=40, epochs=1, rounds=0)
+    p["adaptive"]["diagnostics"].update(steps=[1, 2], reference_steps=2)
     return p
 
 
@@ -111,53 +149,9 @@ def step_size(spec: float | str, eps: float, steps: int) -> float:
 
 
 def differences_from_paper(settings: dict[str, Any], dataset: str) -> list[str]:
-    """Human-readable list of where ``settings`` depart from the paper's protocol."""
-    paper = _paper(settings["family"])
-    out: list[str] = []
-    if dataset == "mnist-5k":
-        out.append("data: mnist-5k (4,000 training / 1,000 test real MNIST digits) instead of "
-                   "full MNIST (60,000 / 10,000)")
+    """Human-readable list of where a run with resolved profile ``settings`` on ``dataset``
+    departs from the paper's protocol (any profile, the paper's included), generated from the
+    resolved settings by :func:`luring.experiments.disclosure.disclosure`."""
+    from luring.experiments.disclosure import disclosure
 
-    if settings.get("defense_train_images"):
-        out.append(f"each P trained on {settings['defense_train_images']} training images only")
-    if settings.get("images_correct_for") != "all":
-        out.append("attacked test images are those M classifies correctly (paper: M and every T)")
-
-    if "stack" in settings.get("approaches", []):
-        out.append("stack: P+M trained with He initialisation and a one-epoch learning-rate "
-                   "warm-up added to appendix B's schedule (without them it stays at chance "
-                   "through P's sigmoid bottleneck)")
-    if settings.get("profile") != "paper":
-        out += _defense_differences(settings)
-
-    def walk(a: Any, b: Any, path: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict):
-            for k in a:
-                if k in b:
-                    walk(a[k], b[k], f"{path}.{k}" if path else k)
-                else:
-                    out.append(f"{path}.{k} = {a[k]} (overrides the paper's default)")
-        elif a != b:
-            out.append(f"{path} = {a} (paper: {b})")
-
-    for key in ("target", "defense", "characterize", "defend", "distortion", "logits"):
-        walk(settings.get(key, {}), paper.get(key, {}), key)
-    return out
-
-
-def _defense_differences(settings: dict[str, Any]) -> list[str]:
-    """How each approach's P is trained by the short profiles, against appendix B."""
-    from luring.defense.settings import QUICK_NOTES, defense_settings, resolve_settings
-
-    fam = settings["family"]
-    out = []
-    for method in settings.get("approaches", []):
-        q = resolve_settings(defense_settings(fam, method, "quick"), **settings.get("defense", {}))
-        p = defense_settings(fam, method, "paper")
-        unit = "epoch" if q["epochs"] == 1 else "epochs"
-        out.append(f"{method} P trained {q['epochs']} {unit}, batch {q['batch_size']}, Adam from "
-                   f"{q['lr']:g} ({q['lr_decay']}) (paper: {p['epochs']} epochs, batch "
-                   f"{p['batch_size']}, {p['lr']:g})")
-    if fam == "mnist" and settings.get("profile") == "quick" and not settings.get("defense"):
-        out.append(QUICK_NOTES)
-    return out
+    return disclosure(settings, dataset)

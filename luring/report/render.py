@@ -14,6 +14,7 @@ from typing import Any
 from luring.errors import LuringError
 from luring.report import figures
 from luring.report import paper_numbers as paper
+from luring.report.adaptive import adaptive_table, diagnostics_table, verdict_table
 from luring.report.tables import (
     DASH,
     NAMES,
@@ -75,7 +76,23 @@ def luring_verdict(results: dict, attack: str = "mim-w") -> list[dict[str, Any]]
 
 
 def verdict_text(results: dict) -> str:
-    """One line: the luring-effect verdict for MIM-W at every ε (empty without MIM-W rows)."""
+    """The luring-effect verdict in one line. With a paired verdict in the results (the
+    adaptive experiment): at how many ε Luring's DAC is significantly higher than the best
+    other approach's (McNemar, p < 0.05) under MIM-W and under the adaptive worst case;
+    otherwise the highest-number comparison of MIM-W. Empty without either."""
+    paired = [r for r in results.get("verdict") or [] if isinstance(r, dict)]
+    if paired:
+        parts = []
+        for attack, name in (("mim-w", "MIM-W (the paper's attack)"),
+                             ("adaptive-worst", "the adaptive worst case"),
+                             ("substitute", "the substitute attacker")):
+            rows = [r for r in paired if r.get("attack") == attack]
+            if rows:
+                held = [fmt(r.get("eps")) for r in rows if r.get("holds")]
+                parts.append(f"under {name} at {len(held)} of {len(rows)} ε"
+                             + (f" ({', '.join(held)})" if held else ""))
+        return ("Luring effect (Luring's DAC significantly above the best other approach's, "
+                "paired McNemar test, p < 0.05): holds " + "; ".join(parts))
     v = luring_verdict(results)
     if not v:
         return ""
@@ -116,6 +133,10 @@ def _header(results: dict) -> list[str]:
         lines.append(f"- the paper has no results for {ds}; the rows and columns labelled "
                      f"\"{paper.paper_label(fam_key, '…')}\" are shown for scale only")
     lines.append("")
+    if len(seeds) > 1:
+        lines += [f"With {len(seeds)} seeds, each rate is pooled over every seed's examples (its "
+                  "n and 95% interval are the pooled ones); ± is the sample standard deviation "
+                  "over seeds, and the CSV tables hold each seed's value and n.", ""]
     if results.get("settings"):
         text = json.dumps(to_jsonable(results["settings"]), indent=2, sort_keys=True)
         lines += ["## Settings", "", "<details><summary>resolved settings</summary>", "",
@@ -126,24 +147,34 @@ def _header(results: dict) -> list[str]:
 def _mimw_settings(results: dict) -> str:
     rows = [r for r in rows_of(results, "defend", "mim-w") if r.get("setting")]
     fam = results.get("family") or ""
+    seeds = results.get("seeds") or [results.get("seed")]
     out = []
     if rows:
-        keys = sorted({k for r in rows for k in r["setting"] if k not in ("attack", "p",
-                                                                          "kernel_size")})
+        def chosen(r: dict) -> list[tuple[Any, dict]]:
+            per = r.get("settings_per_seed") or [r["setting"]]
+            return (list(zip(seeds, per, strict=True)) if len(per) == len(seeds)
+                    else [(None, r["setting"])])
+
+        many = any(len(chosen(r)) > 1 for r in rows)
+        keys = sorted({k for r in rows for _, s in chosen(r) for k in s
+                       if k not in ("attack", "p", "kernel_size")})
         md_rows = []
         order = approaches_in(rows)
         for r in sorted(rows, key=lambda r: (order.index(r.get("approach"))
                                              if r.get("approach") in order else 99,
                                              as_float(r.get("eps")) or 0.0)):
-            s = r["setting"]
-            md_rows.append([NAMES.get(r.get("approach"), r.get("approach")), fmt(r.get("eps")),
-                            r.get("n") if r.get("n") is not None else DASH,
-                            s.get("attack") or DASH,
-                            DASH if s.get("p") is None else s.get("p"),
-                            DASH if s.get("kernel_size") is None else s.get("kernel_size")]
-                           + [json.dumps(to_jsonable(s.get(k))) for k in keys])
-        out.append(md_table(["approach", "ε", "n", "chosen attack", "p", "kernel size", *keys],
-                            md_rows))
+            ns = r.get("n_per_seed") or []
+            for i, (seed, s) in enumerate(chosen(r)):
+                n = ns[i] if many and i < len(ns) else r.get("n")
+                md_rows.append([NAMES.get(r.get("approach"), r.get("approach")),
+                                fmt(r.get("eps"))] + ([seed] if many else [])
+                               + [n if n is not None else DASH,
+                                  s.get("attack") or DASH,
+                                  DASH if s.get("p") is None else s.get("p"),
+                                  DASH if s.get("kernel_size") is None else s.get("kernel_size")]
+                               + [json.dumps(to_jsonable(s.get(k))) for k in keys])
+        out.append(md_table(["approach", "ε"] + (["seed"] if many else [])
+                            + ["n", "chosen attack", "p", "kernel size", *keys], md_rows))
     ti = paper.TI_KERNELS.get(fam)
     if ti:
         label = paper.paper_label(fam)
@@ -189,11 +220,16 @@ def render_report(results: dict, run_dir: str | os.PathLike) -> Path:
     fam = results.get("family") or ""
     label = paper.paper_label(fam)
     lines = _header(results)
+    written: list[str] = []  # the tables and figures of these results, and only these
+
+    def put(name: str, data: bytes) -> None:
+        atomic_write_bytes(run_dir / name, data)
+        written.append(name)
 
     def table(name: str, built: tuple[list[str], list[list[Any]], str]) -> str:
         header, rows, md = built
         if rows:
-            atomic_write_text(run_dir / name, csv_text(header, rows))
+            put(name, csv_text(header, rows).encode("utf-8"))
         return md
 
     md = table("table_clean.csv", clean_table(results))
@@ -222,7 +258,7 @@ def render_report(results: dict, run_dir: str | os.PathLike) -> Path:
     if fig2 or md:
         lines += ["## Characterization: DR and IAR (paper figure 2)", ""]
         if fig2:
-            atomic_write_bytes(run_dir / "figure2.png", fig2)
+            put("figure2.png", fig2)
             lines += ["![Figure 2: DR (solid) and IAR (dashed)](figure2.png)", ""]
         lines += ["Examples successful on M∘P of every approach, transferred to M. DR: share "
                   "where M and M∘P disagree; IAR: share where M is still right.", "", md]
@@ -234,13 +270,13 @@ def render_report(results: dict, run_dir: str | os.PathLike) -> Path:
                   "CWL2 adversarial examples on each model; means over the successful ones. "
                   "l0: pixels changed in any channel by more than half a grey level.", "", md]
         if fig3:
-            atomic_write_bytes(run_dir / "figure3_l0.png", fig3)
+            put("figure3_l0.png", fig3)
             lines += ["![Figure 3: l0 distortion](figure3_l0.png)", ""]
 
     sal_md, sal_png = _saliency_section(results, run_dir)
     if sal_md:
         if sal_png:
-            atomic_write_bytes(run_dir / "figure3_saliency.png", sal_png)
+            put("figure3_saliency.png", sal_png)
         lines += ["## Saliency maps (paper figure 3, right)", "", sal_md]
 
     md = table("table_logits.csv", logits_table(results))
@@ -253,16 +289,45 @@ def render_report(results: dict, run_dir: str | os.PathLike) -> Path:
                      " The paper reports table 10 for SVHN and CIFAR10 only."),
                   "", md]
 
+    header, rows, md = adaptive_table(results)
+    if md:
+        table("table_adaptive.csv", (header, rows, md))
+        lines += ["## Adaptive evaluation (not in the paper)", "",
+                  "The same test images as the defense table. adaptive (best setting): the "
+                  "single setting best for the adversary over MIM-W's grid and NI-FGSM, "
+                  "SI-NI-FGSM, VMI-FGSM, VNI-FGSM, each with the cross-entropy and the "
+                  "logit-margin loss and with T's gradient or BPDA (straight through T's "
+                  "saturating layers); per-example worst case: defended only if it survives "
+                  "every one of them; substitute model: a model trained on T's answers to "
+                  "other test images, attacked with the MIM-W grid (per-example worst case), "
+                  "judged on T and M. AC_M|fooled: M's accuracy on the examples that fool T.",
+                  "", md, ""]
+    md = diagnostics_table(results)
+    if md:
+        lines += ["## Gradient-masking diagnostics", "", md, ""]
+    header, rows, md = verdict_table(results)
+    if md:
+        table("table_verdict.csv", (header, rows, md))
+        lines += ["## Verdict: paired test of the luring effect", "",
+                  "Per attack and ε, Luring's DAC against the best other approach's on the "
+                  "same images (per-example outcomes, pooled over seeds): McNemar's exact "
+                  "test and Newcombe's 95% interval of the difference. The effect \"holds\" "
+                  "only where Luring's DAC is higher and p < 0.05.", "", md, ""]
+
     md = _mimw_settings(results)
     if md:
         lines += ["## MIM-W: chosen settings", "",
                   "MIM-W reports, per approach and ε, the transfer attack (MIM, DIM, MIM-TI, "
                   "DIM-TI) and parameters giving the lowest AC_M / DAC.", "", md]
 
-    written = sorted(p.name for p in run_dir.iterdir()
-                     if p.suffix in (".csv", ".png") and p.name.startswith(("table_", "figure")))
+    # Tables and figures left by an earlier render describe results these are not: remove
+    # them, so that the directory and its report show only what results.json holds.
+    for p in run_dir.iterdir():
+        if (p.suffix in (".csv", ".png") and p.name.startswith(("table_", "figure"))
+                and p.name not in written):
+            p.unlink()
     if written:
-        lines += ["## Files", ""] + [f"- [{n}]({n})" for n in written] + [""]
+        lines += ["## Files", ""] + [f"- [{n}]({n})" for n in sorted(written)] + [""]
     report = run_dir / "report.md"
     atomic_write_text(report, "\n".join(lines).rstrip() + "\n")
     return report

@@ -180,6 +180,17 @@ def _paper_defend(fam: str, attack: str) -> dict[float, dict[str, tuple]]:
     return {round(e, 6): v for e, v in paper.DEFEND.get(fam, {}).get(attack, {}).items()}
 
 
+def _per_seed(row: dict) -> str | None:
+    """The per-seed values and n of a row as compact JSON (None with one seed)."""
+    per = row.get("per_seed")
+    if not per:
+        return None
+    out = {k: [v.get("value") for v in vals] for k, vals in per.items()}
+    out["seed"] = [v.get("seed") for v in next(iter(per.values()))]
+    out["n"] = [v.get("n") for v in next(iter(per.values()))]
+    return json.dumps(out, sort_keys=True)
+
+
 def defend_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
     """Tables 1/14 layout: per attack, rows ε (ours, then the paper's where it has them),
     columns AC_MoP / AC_M / DAC per approach. Returns (CSV header, CSV rows, Markdown)."""
@@ -189,7 +200,7 @@ def defend_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
     header = ["attack", "eps", "approach", "n", "ac_mop", "ac_m", "dac",
               "ac_mop_ci_low", "ac_mop_ci_high", "ac_m_ci_low", "ac_m_ci_high",
               "dac_ci_low", "dac_ci_high", "ac_mop_std", "ac_m_std", "dac_std", "setting",
-              "paper_ac_mop", "paper_ac_m", "paper_dac"]
+              "paper_ac_mop", "paper_ac_m", "paper_dac", "per_seed"]
     csv_rows: list[list[Any]] = []
     md = []
     for attack in attacks_in(all_rows):
@@ -206,7 +217,8 @@ def defend_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
                              r.get("ac_mop"), r.get("ac_m"), r.get("dac"),
                              *_ci(r, "ac_mop"), *_ci(r, "ac_m"), *_ci(r, "dac"),
                              std.get("ac_mop"), std.get("ac_m"), std.get("dac"),
-                             json.dumps(setting, sort_keys=True) if setting else None, *pc])
+                             json.dumps(setting, sort_keys=True) if setting else None, *pc,
+                             _per_seed(r)])
         mh = ["ε", "source", "n"] + [f"{NAMES.get(a, a)} {m}" for a in apps
                                      for m in ("AC_MoP", "AC_M", "DAC")]
         md_rows = []
@@ -235,7 +247,8 @@ def characterize_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
     """DR / IAR per attack × ε × approach (figure 2's data). (CSV header, rows, Markdown)."""
     all_rows = rows_of(results, "characterize")
     header = ["attack", "eps", "approach", "n", "dr", "iar", "dr_ci_low", "dr_ci_high",
-              "iar_ci_low", "iar_ci_high", "dr_std", "iar_std", "ac_mop", "ac_m", "dac"]
+              "iar_ci_low", "iar_ci_high", "dr_std", "iar_std", "ac_mop", "ac_m", "dac",
+              "per_seed"]
     csv_rows: list[list[Any]] = []
     md = []
     for attack in attacks_in(all_rows):
@@ -249,7 +262,7 @@ def characterize_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
                 std = r.get("std") or {}
                 csv_rows.append([attack, r.get("eps"), a, r.get("n"), r.get("dr"), r.get("iar"),
                                  *_ci(r, "dr"), *_ci(r, "iar"), std.get("dr"), std.get("iar"),
-                                 r.get("ac_mop"), r.get("ac_m"), r.get("dac")])
+                                 r.get("ac_mop"), r.get("ac_m"), r.get("dac"), _per_seed(r)])
         mh = ["ε", "n"] + [f"{NAMES.get(a, a)} {m}" for a in apps for m in ("DR", "IAR")]
         md_rows = []
         for e in eps_values(rows):

@@ -1,0 +1,198 @@
+"""Adaptive evaluation: attacks that really break T, and the luring effect measured on them.
+
+The paper's threat model grants the attacker T's gradients (MIM-W). A fair evaluation grants
+the best use of them (Athalye et al. 2018; Carlini et al. 2019; Tramèr et al. 2020), plus an
+attacker who only queries T. Per approach and ε, on the same test images as ``defend``:
+
+* ``adaptive-w``: the single setting best for the adversary (lowest DAC, then AC_M) over the
+  enlarged family: MIM-W's grid plus NI-FGSM, SI-NI-FGSM, VMI-FGSM and VNI-FGSM, each with the
+  cross-entropy and the logit-margin loss (cap ``kappa``), each with T's own gradient and with
+  the gradient passed straight through T's saturating layers (BPDA);
+* ``adaptive-worst``: the per-example worst case over that whole family;
+* ``substitute``: Papernot et al.'s attacker, who labels a pool of other test images with T's
+  answers, trains a substitute (the family's M architecture, a fresh seed), optionally grows
+  the pool by Jacobian augmentation, and runs the MIM-W grid on the substitute.
+
+Each row holds AC_MoP, AC_M, DAC, ``ac_m_given_fooled`` (M's accuracy on the examples that fool
+T), n and intervals. The gradient-masking diagnostics (per approach) and the paired verdict are
+in :mod:`luring.experiments.diagnostics`.
+
+Units: ``adaptive/s<seed>-<approach>-eps<ε>`` and ``adaptive/s<seed>-<approach>-substitute``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from luring.experiments.common import aggregate, unit_seed
+from luring.experiments.defend import mimw_settings
+from luring.experiments.profiles import step_size
+from luring.experiments.store import RunDir
+from luring.metrics import rate
+from luring.models import predict_labels
+from luring.utils import progress
+
+__all__ = ["run_adaptive", "adaptive_family", "TRANSFER_ATTACKS"]
+
+TRANSFER_ATTACKS = ("ni-fgsm", "si-ni-fgsm", "vmi-fgsm", "vni-fgsm")
+
+
+def adaptive_family(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The enlarged family's settings (the MIM-W grid of ``cfg`` plus its transfer attacks,
+    names or ``{"attack": name, **params}``); each is run in every ``(loss, gradient)`` pass
+    of ``cfg["passes"]``."""
+    extra = [a if isinstance(a, dict) else {"attack": a} for a in cfg.get("transfer_attacks", [])]
+    return mimw_settings(cfg) + [dict(a) for a in extra]
+
+
+def _booleans(t_pred: torch.Tensor, m_pred: torch.Tensor, y: torch.Tensor
+              ) -> dict[str, torch.Tensor]:
+    t_ok, m_ok = t_pred == y, m_pred == y
+    return {"t_ok": t_ok, "m_ok": m_ok, "defended": m_ok | (t_pred != m_pred)}
+
+
+def _better(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor] | None) -> bool:
+    """Is outcome ``a`` better for the adversary than ``b`` (lower DAC, then lower AC_M)?"""
+    if b is None:
+        return True
+    ka = (a["defended"].float().mean().item(), a["m_ok"].float().mean().item())
+    kb = (b["defended"].float().mean().item(), b["m_ok"].float().mean().item())
+    return ka < kb
+
+
+def _family_unit(model, target, x, y, eps, cfg, seed):
+    """Every (loss, gradient) pass of the enlarged family: the best single setting's
+    booleans and the per-example AND over all settings."""
+    from luring.attacks import bpda, worst_case_search
+
+    steps = int(cfg["steps"])
+    best, best_meta, every = None, None, None
+    summary = []
+    for loss, grad in cfg["passes"]:
+        res = worst_case_search(
+            model, target, x, y, eps, steps=steps, mu=cfg["mu"],
+            alpha=step_size(cfg["step_size"], eps, steps), settings=adaptive_family(cfg),
+            seed=seed, progress=False, loss=loss, kappa=cfg["kappa"],
+            grad_model=bpda(model) if grad == "bpda" else None)
+        out = {"t_ok": res.best_t_correct, "m_ok": res.best_m_correct,
+               "defended": res.best_defended}
+        if _better(out, best):
+            best = out
+            best_meta = {"attack": res.best.attack, "loss": loss, "grad": grad} \
+                | res.best.params
+        alls = {"t_ok": res.ac_mop_all, "m_ok": res.ac_m_all, "defended": res.defended_all}
+        every = alls if every is None else {k: every[k] & alls[k] for k in every}
+        summary += [{"loss": loss, "grad": grad} | r.to_dict() for r in res.settings]
+    tensors = {f"best_{k}": v for k, v in best.items()} | {f"all_{k}": v for k, v in
+                                                             every.items()}
+    return tensors, {"best": best_meta, "per_setting": summary}
+
+
+def _substitute_unit(model, target, x, y, pool, settings, cfg, seed):
+    """Train a substitute of T on ``pool`` (T's answers), then, per ε, the MIM-W grid on the
+    substitute judged on T and M: best setting's booleans and the worst case."""
+    from luring.attacks import worst_case_search
+    from luring.attacks.substitute import train_substitute
+    from luring.models import default_architectures
+
+    sc = cfg["substitute"]
+    sub = train_substitute(model, pool, arch=default_architectures(settings["family"])[0],
+                           labels=sc["labels"], epochs=sc["epochs"], rounds=sc["rounds"],
+                           lam=sc["lam"], batch_size=sc["batch_size"], lr=sc["lr"],
+                           seed=seed)
+    steps = int(cfg["steps"])
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {"queries": sub.queries, "pool": sub.pool_size,
+                            "agreement": sub.agreement, "params": sub.params,
+                            "history": sub.history, "best": {}}
+    for e in settings["eps"]:
+        best, best_setting, every = None, None, None
+        for s in mimw_settings(cfg):
+            res = worst_case_search(sub.model, target, x, y, e, steps=steps, mu=cfg["mu"],
+                                    alpha=step_size(cfg["step_size"], e, steps), settings=[s],
+                                    seed=seed, progress=False)
+            x_adv = res.best_x_adv
+            out = _booleans(predict_labels(model, x_adv), predict_labels(target, x_adv), y)
+            if _better(out, best):
+                best, best_setting = out, {"attack": res.best.attack} | res.best.params
+            every = out if every is None else {k: every[k] & out[k] for k in every}
+        tensors |= {f"eps{e}_best_{k}": v for k, v in best.items()}
+        tensors |= {f"eps{e}_all_{k}": v for k, v in every.items()}
+        meta["best"][str(e)] = best_setting
+    return tensors, meta
+
+
+def _rates(t_ok: torch.Tensor, m_ok: torch.Tensor, defended: torch.Tensor) -> dict[str, Any]:
+    """AC_MoP, AC_M, DAC and M's accuracy on the examples that fool T."""
+    return {"ac_mop": rate(t_ok), "ac_m": rate(m_ok), "dac": rate(defended),
+            "ac_m_given_fooled": rate(m_ok, where=~t_ok)}
+
+
+def run_adaptive(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[int, Any]],
+                 x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor,
+                 settings: dict[str, Any], seed: int,
+                 ident: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]],
+                                                               dict[tuple, dict]]:
+    """Run (or reuse) every adaptive unit. ``x``, ``y``: the attacked test images (the defend
+    experiment's); ``pool``: the substitute attacker's images (other test images).
+
+    Returns the result rows (``adaptive-w``, ``adaptive-worst``, ``substitute``) and the
+    per-example booleans ``{(seed, approach, attack, ε): {"t_ok", "m_ok", "defended"}}`` for
+    the paired verdict."""
+    cfg = settings["adaptive"]
+    seeds = sorted(next(iter(defenses.values())).keys()) if defenses else []
+    fam: dict[tuple, tuple] = {}
+    subs: dict[tuple, tuple] = {}
+    units = [(s, a, e) for s in seeds for a in defenses for e in settings["eps"]]
+    for s, a, e in progress(units, desc="adaptive", unit="unit"):
+        model = defenses[a][s].augmented
+        useed = unit_seed(seed, s, a, "adaptive", e)
+
+        def craft(m=model, e=e, u=useed):
+            return _family_unit(m, target, x, y, e, cfg, u)
+
+        fam[(s, a, e)] = run.unit("adaptive", f"s{s}-{a}-eps{e}", craft,
+                                  {"run": ident, "params": cfg, "eps": settings["eps"]})
+    if cfg.get("substitute"):
+        for s, a in progress([(s, a) for s in seeds for a in defenses], desc="substitute",
+                             unit="model"):
+            model = defenses[a][s].augmented
+            useed = unit_seed(seed, s, a, "substitute")
+
+            def train(m=model, u=useed):
+                return _substitute_unit(m, target, x, y, pool, settings, cfg, u)
+
+            subs[(s, a)] = run.unit("adaptive", f"s{s}-{a}-substitute", train,
+                                    {"run": ident, "pool": pool, "params": cfg,
+                                     "eps": settings["eps"]})
+    rows: list[dict[str, Any]] = []
+    outcomes: dict[tuple, dict] = {}
+    for a in defenses:
+        for e in settings["eps"]:
+            per: dict[str, list] = {"adaptive-w": [], "adaptive-worst": [], "substitute": []}
+            chosen, queries = [], []
+            for s in seeds:
+                t, meta = fam[(s, a, e)]
+                for name, pre in (("adaptive-w", "best_"), ("adaptive-worst", "all_")):
+                    b = {k: t[pre + k] for k in ("t_ok", "m_ok", "defended")}
+                    outcomes[(s, a, name, e)] = b
+                    per[name].append(_rates(**b))
+                chosen.append(meta["best"])
+                if (s, a) in subs:
+                    st, sm = subs[(s, a)]
+                    b = {k: st[f"eps{e}_all_{k}"] for k in ("t_ok", "m_ok", "defended")}
+                    outcomes[(s, a, "substitute", e)] = b
+                    per["substitute"].append(_rates(**b))
+                    queries.append(sm["queries"])
+            for name, vals in per.items():
+                if not vals:
+                    continue
+                extra: dict[str, Any] = {}
+                if name == "adaptive-w":
+                    extra = {"setting": chosen[0], "settings_per_seed": chosen}
+                elif name == "substitute":
+                    extra = {"queries": queries[0], "queries_per_seed": queries}
+                rows.append(aggregate("adaptive", a, name, e, vals, extra, seeds=seeds))
+    return rows, outcomes

@@ -1,0 +1,145 @@
+"""Gradient-masking diagnostics per approach, and the paired verdict on the luring effect.
+
+Diagnostics (Carlini et al. 2019, "On evaluating adversarial robustness", section 5), on the
+defend experiment's test images, each a check that passes or is flagged:
+
+* ``gradient``: the median over images of mean |∇ₓ CE(T(x), y)| against the same for M;
+  flagged when T's is below ``grad_ratio`` × M's (vanishing gradients).
+* ``steps``: AC_MoP of plain MIM (cross-entropy, T's own gradient) at the middle ε for each
+  number of steps of ``steps`` (step size by the profile's rule); flagged when it *rises* with
+  more steps (an attack that gets worse with more iterations is failing, not the defense
+  succeeding).
+* ``unbounded``: AC_MoP of the same MIM at ε = 1; flagged unless it is 0.
+* ``gradient_free``: SPSA's AC_MoP at the middle ε against the gradient attack's; flagged
+  when the gradient-free attack fools T more often.
+
+Verdict: per ε and attack, Luring against the best other approach (highest DAC) on the same
+images: McNemar's exact test on the per-example DAC outcomes and Newcombe's interval of the
+difference; "holds" only when Luring's DAC is higher and p < 0.05.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from luring.experiments.common import make_attack, unit_seed
+from luring.experiments.profiles import step_size
+from luring.experiments.store import RunDir
+from luring.metrics import input_saliency
+from luring.models import predict_labels
+from luring.utils import progress
+
+__all__ = ["run_diagnostics", "paired_verdict", "ALPHA"]
+
+#: Significance level of the verdict.
+ALPHA = 0.05
+
+
+def _mim(model, x, y, eps, steps, cfg, seed):
+    from luring.attacks import MIM
+
+    atk = MIM(model, eps=eps, steps=steps, alpha=step_size(cfg["step_size"], eps, steps),
+              mu=cfg["mu"], seed=seed)
+    return float((predict_labels(model, atk(x)) == y).float().mean())
+
+
+def _median_grad(model, x, y) -> float:
+    g = input_saliency(model, x, y)
+    return float(g.abs().flatten(1).mean(1).median())
+
+
+def _diag_unit(model, target, x, y, eps_mid, cfg, spsa_cfg, seed):
+    steps_list = [int(s) for s in cfg["steps"]]
+    curve = [_mim(model, x, y, eps_mid, s, cfg, seed) for s in steps_list]
+    unbounded = _mim(model, x, y, 1.0, max(steps_list), cfg, seed)
+    spsa = make_attack("spsa", model, eps_mid, spsa_cfg, seed)
+    spsa_acc = float((predict_labels(model, spsa(x)) == y).float().mean())
+    meta = {"grad_t": _median_grad(model, x, y), "grad_m": _median_grad(target, x, y),
+            "steps": steps_list, "ac_mop_steps": curve, "ac_mop_eps1": unbounded,
+            "ac_mop_spsa": spsa_acc, "ac_mop_gradient": curve[steps_list.index(
+                int(cfg["reference_steps"]))] if int(cfg["reference_steps"]) in steps_list
+            else curve[-1]}
+    return {}, meta
+
+
+def _checks(m: dict[str, Any], cfg: dict[str, Any], n: int) -> dict[str, Any]:
+    ratio = m["grad_t"] / m["grad_m"] if m["grad_m"] > 0 else float("inf")
+    curve = m["ac_mop_steps"]
+    rises = any(b > a for a, b in zip(curve, curve[1:], strict=False))
+    out = {
+        "gradient": {"flagged": ratio < cfg["grad_ratio"], "grad_t": m["grad_t"],
+                     "grad_m": m["grad_m"], "ratio": ratio, "threshold": cfg["grad_ratio"]},
+        "steps": {"flagged": rises, "steps": m["steps"], "ac_mop": curve},
+        "unbounded": {"flagged": m["ac_mop_eps1"] > 0, "ac_mop": m["ac_mop_eps1"]},
+        "gradient_free": {"flagged": m["ac_mop_spsa"] < m["ac_mop_gradient"],
+                          "ac_mop_spsa": m["ac_mop_spsa"],
+                          "ac_mop_gradient": m["ac_mop_gradient"]},
+    }
+    out["flagged"] = [k for k, v in out.items() if v["flagged"]]
+    out["n"] = n
+    return out
+
+
+def run_diagnostics(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[int, Any]],
+                    x: torch.Tensor, y: torch.Tensor, settings: dict[str, Any], seed: int,
+                    ident: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Per approach (and seed): the four masking checks (module docstring). Returns
+    ``{approach: {"seeds": {seed: checks}, "flagged": [check names flagged for any seed]}}``."""
+    cfg = settings["adaptive"]["diagnostics"]
+    eps_mid = sorted(settings["eps"])[len(settings["eps"]) // 2]
+    spsa_cfg = settings["defend"]["spsa"]
+    seeds = sorted(next(iter(defenses.values())).keys()) if defenses else []
+    out: dict[str, Any] = {}
+    for a in progress(list(defenses), desc="diagnostics", unit="model"):
+        per = {}
+        for s in seeds:
+            model = defenses[a][s].augmented
+            useed = unit_seed(seed, s, a, "diagnostics")
+
+            def diag(m=model, u=useed):
+                return _diag_unit(m, target, x, y, eps_mid, cfg, spsa_cfg, u)
+
+            meta = run.unit("diagnostics", f"s{s}-{a}", diag,
+                            {"run": ident, "params": cfg, "spsa": spsa_cfg, "eps": eps_mid})[1]
+            per[str(s)] = _checks(meta, cfg, len(y))
+        flagged = sorted({f for c in per.values() for f in c["flagged"]})
+        out[a] = {"eps": eps_mid, "seeds": per, "flagged": flagged}
+    return out
+
+
+def paired_verdict(outcomes: dict[tuple, dict[str, torch.Tensor]], attacks: list[str],
+                   eps_values: list[float], approaches: list[str], seeds: list[int]
+                   ) -> list[dict[str, Any]]:
+    """Per attack and ε: Luring's DAC against the best other approach's on the same images
+    (per-example outcomes pooled over seeds), with McNemar's exact p-value and the 95%
+    interval of the difference. ``outcomes[(seed, approach, attack, ε)]["defended"]`` are
+    (N,) booleans. Returns rows ``{"attack", "eps", "other", "luring_dac", "other_dac",
+    "difference", "ci", "p_value", "n", "holds"}``."""
+    from luring.metrics import mcnemar
+
+    rows = []
+    others = [a for a in approaches if a != "luring"]
+    if "luring" not in approaches or not others:
+        return rows
+    for attack in attacks:
+        for e in eps_values:
+            if not all((s, a, attack, e) in outcomes for s in seeds for a in approaches):
+                continue
+
+            def pooled(a: str, attack: str = attack, e: float = e) -> torch.Tensor:
+                return torch.cat([outcomes[(s, a, attack, e)]["defended"].bool()
+                                  for s in seeds])
+
+            lur = pooled("luring")
+            best = max(others, key=lambda a: (pooled(a).float().mean().item(), a))
+            cmp = mcnemar(lur, pooled(best))
+            holds = (cmp.p_value is not None and cmp.p_value < ALPHA
+                     and cmp.difference is not None and cmp.difference > 0)
+            rows.append({"attack": attack, "eps": e, "other": best,
+                         "luring_dac": cmp.rate_a, "other_dac": cmp.rate_b,
+                         "difference": cmp.difference, "ci": [cmp.ci_low, cmp.ci_high],
+                         "p_value": cmp.p_value, "n": cmp.n, "holds": bool(holds),
+                         "discordant": [cmp.only_a, cmp.only_b]})
+    return rows

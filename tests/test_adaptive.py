@@ -1,0 +1,114 @@
+"""The adaptive evaluation's pieces: the substitute attacker, the masking checks and the
+paired verdict (the experiment itself runs end to end in test_experiments_reproduce)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from luring.attacks.substitute import train_substitute
+from luring.errors import LuringError
+from luring.experiments.diagnostics import _checks, paired_verdict
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Oracle(nn.Module):
+    """T: class 1 when the mean pixel of the left half exceeds the right half's, else 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        self.calls += len(x)
+        d = x[..., :14].mean((1, 2, 3)) - x[..., 14:].mean((1, 2, 3))
+        return torch.stack([-d, d], 1) * 50 + 0 * self.w
+
+
+def _images(n, g):
+    """Noise with one half (left or right, at random) brighter: T's two classes."""
+    x = torch.rand(n, 1, 28, 28, generator=g) * 0.5
+    left = torch.rand(n, generator=g) < 0.5
+    x[left, :, :, :14] += 0.5
+    x[~left, :, :, 14:] += 0.5
+    return x
+
+
+def test_substitute_learns_the_oracle_and_counts_every_query():
+    g = torch.Generator().manual_seed(0)
+    pool = _images(64, g)
+    oracle = Oracle()
+    sub = train_substitute(oracle, pool, arch="mnist-target", epochs=3, rounds=2, lam=0.1,
+                           seed=0, batch_size=32)
+    assert sub.queries == 64 * 4 == oracle.calls and sub.pool_size == 256
+    assert [h["pool"] for h in sub.history] == [64, 128, 256]
+    x = _images(200, g)
+    agree = (sub.model(x).argmax(1) == oracle(x).argmax(1)).float().mean()
+    assert agree > 0.9 and sub.agreement > 0.9  # on images it never saw, and on its pool
+    assert all(not p.requires_grad for p in sub.model.parameters())
+    again = train_substitute(Oracle(), pool, arch="mnist-target", epochs=3, rounds=2, seed=0,
+                             batch_size=32)
+    assert all(torch.equal(a, b) for a, b in zip(sub.model.state_dict().values(),
+                                                 again.model.state_dict().values(), strict=True))
+
+
+def test_substitute_soft_labels_and_bad_arguments():
+    pool = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    sub = train_substitute(Oracle(), pool, labels="soft", epochs=1, seed=0)
+    assert sub.queries == 16 and sub.params["labels"] == "soft"
+    with pytest.raises(LuringError, match="labels"):
+        train_substitute(Oracle(), pool, labels="logits")
+    with pytest.raises(LuringError, match="non-empty"):
+        train_substitute(Oracle(), pool[:0])
+    with pytest.raises(LuringError, match="rounds"):
+        train_substitute(Oracle(), pool, rounds=-1)
+
+
+def _meta(**kw):
+    m = {"grad_t": 1e-4, "grad_m": 1e-3, "steps": [5, 10, 50], "ac_mop_steps": [0.2, 0.1, 0.0],
+         "ac_mop_eps1": 0.0, "ac_mop_spsa": 0.3, "ac_mop_gradient": 0.1}
+    return m | kw
+
+
+CFG = {"grad_ratio": 1e-3}
+
+
+def test_masking_checks_pass_a_healthy_model_and_flag_each_symptom():
+    assert _checks(_meta(), CFG, 50)["flagged"] == []
+    assert _checks(_meta(grad_t=1e-12), CFG, 50)["flagged"] == ["gradient"]
+    assert _checks(_meta(ac_mop_steps=[0.18, 0.2, 0.3]), CFG, 50)["flagged"] == ["steps"]
+    assert _checks(_meta(ac_mop_eps1=0.02), CFG, 50)["flagged"] == ["unbounded"]
+    assert _checks(_meta(ac_mop_spsa=0.05), CFG, 50)["flagged"] == ["gradient_free"]
+    c = _checks(_meta(grad_t=0.0, grad_m=0.0), CFG, 50)  # no gradient anywhere: not a ratio
+    assert c["gradient"]["ratio"] == float("inf") and c["n"] == 50
+
+
+def _outcome(defended):
+    t = torch.tensor(defended, dtype=torch.bool)
+    return {"t_ok": torch.zeros_like(t), "m_ok": t, "defended": t}
+
+
+def test_paired_verdict_holds_only_when_significant():
+    n = 40
+    out = {}
+    for s in (0, 1):
+        out[(s, "luring", "mim-w", 0.3)] = _outcome([True] * n)
+        out[(s, "ce", "mim-w", 0.3)] = _outcome([True] * 20 + [False] * 20)
+        out[(s, "stack", "mim-w", 0.3)] = _outcome([True] * 30 + [False] * 10)
+        out[(s, "luring", "mim-w", 0.4)] = _outcome([True] * 31 + [False] * 9)
+        out[(s, "ce", "mim-w", 0.4)] = _outcome([True] * 30 + [False] * 10)
+        out[(s, "stack", "mim-w", 0.4)] = _outcome([False] * 40)
+    rows = paired_verdict(out, ["mim-w", "adaptive-w"], [0.3, 0.4],
+                          ["stack", "ce", "luring"], [0, 1])
+    assert [(r["attack"], r["eps"], r["other"]) for r in rows] == [
+        ("mim-w", 0.3, "stack"), ("mim-w", 0.4, "ce")]  # no adaptive outcomes: no row
+    r3, r4 = rows
+    assert r3["n"] == 80 and r3["discordant"] == [20, 0] and r3["difference"] == 0.25
+    assert r3["p_value"] == pytest.approx(2 * 0.5 ** 20) and r3["holds"]
+    assert r3["ci"][0] > 0 and r3["ci"][1] <= 1
+    assert r4["discordant"] == [2, 0] and r4["p_value"] == pytest.approx(0.5)
+    assert not r4["holds"]
+    assert paired_verdict(out, ["mim-w"], [0.3], ["stack", "ce"], [0, 1]) == []
