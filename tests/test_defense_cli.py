@@ -84,21 +84,27 @@ def test_each_method_writes_the_contract(method, target_dir, small_data, tmp_pat
     assert "agreement" in stdout
     names = {p.name for p in out.iterdir()}
     want = {"defense.json", "config.json", "results.json", "report.md", "target.safetensors",
-            "target.json", "component.safetensors", "component.json"}
+            "target.json", "component.safetensors", "component.json", "calibration.safetensors"}
     assert want <= names
     assert ({"head.safetensors", "head.json"} <= names) == (method == "stack")
     assert [p.name for p in tmp_path.iterdir()] == ["def"]  # no staging left behind
     meta = json.loads((out / "defense.json").read_text())
     for key in ("format", "method", "lambda", "dataset", "target_dir", "config", "seed",
-                "selection", "clean", "history", "versions"):
+                "selection", "clean", "history", "versions", "detector"):
         assert key in meta
+    det_meta = meta["detector"]
+    assert {"rule", "threshold", "target_fpr", "heldout_fpr", "n", "split"} <= set(det_meta)
+    # 256 training images (the fake loader): 26 held out for calibration before P trains
+    assert det_meta["n"] == 26 and det_meta["split"]["n_fit"] == 230
+    assert det_meta["target_fpr"] == 0.05 and det_meta["heldout_fpr"] <= 0.05
     assert meta["format"] == FORMAT and meta["method"] == method
     assert meta["lambda"] == (1.0 if method == "luring" else None)
     assert meta["dataset"] == "mnist-5k" and meta["config"]["epochs"] == 1
     assert {"epoch", "agreement"} <= set(meta["selection"])
     clean = meta["clean"]
     assert clean["n"] == 200
-    for key in ("accuracy_m", "accuracy_t", "agreement", "false_alarm_rate"):
+    for key in ("accuracy_m", "accuracy_t", "agreement", "false_alarm_rate",
+                "detector_false_alarm_rate"):
         lo, hi = clean["intervals"][key]
         assert 0 <= lo <= clean[key] <= hi <= 1
     assert json.loads((out / "results.json").read_text())["clean"] == clean
@@ -112,8 +118,11 @@ def test_each_method_writes_the_contract(method, target_dir, small_data, tmp_pat
     t = d.predict(x)
     assert (t == y).float().mean().item() == pytest.approx(clean["accuracy_t"])
     det = d.detect(x)
-    assert torch.equal(det.t_label, t)
-    assert det.flagged.float().mean().item() == pytest.approx(clean["false_alarm_rate"])
+    assert torch.equal(det.t_label, t) and det.threshold == det_meta["threshold"]
+    assert (det.t_label != det.m_label).float().mean().item() == pytest.approx(
+        clean["false_alarm_rate"])  # the paper rule
+    assert det.flagged.float().mean().item() == pytest.approx(
+        clean["detector_false_alarm_rate"])  # the stored operating point
     if method == "stack":
         assert d.augmented.head is not d.target
     else:

@@ -1,5 +1,6 @@
-"""The deployed defense: load() round trip, the detection scheme, ``luring detect`` on image
-and array files, ``luring export`` parity (ONNX Runtime and TorchScript)."""
+"""The deployed defense: load() round trip, the detection scheme (paper rule and calibrated
+operating point), ``luring detect`` on image and array files with ``--rule``/``--fpr``,
+``luring export`` parity (ONNX Runtime and TorchScript)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ from PIL import Image
 from luring.cli.main import main
 from luring.defense import (
     TrainedDefense,
+    calibrate,
     defense_settings,
     evaluate_clean,
     load,
+    operating_point,
     resolve_settings,
     save_defense,
+    score,
     train_defense,
 )
 from luring.errors import LuringError
@@ -75,6 +79,24 @@ def constant_dir(trained_mnist_target, tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def calibrated_dir(trained, trained_mnist_target, mnist5k, tmp_path_factory):
+    """``trained`` saved with a js operating point for ≤ 10% false alarms, calibrated on 60
+    training images it was not trained on."""
+    _, x_te, y_te = trained_mnist_target
+    idx = torch.randperm(4000, generator=torch.Generator().manual_seed(4))[160:220]
+    x_cal = mnist5k[0][idx]
+    with torch.no_grad():
+        t_cal, m_cal = trained.augmented(x_cal), trained.target(x_cal)
+    det = {**operating_point(t_cal, m_cal, "js", 0.1), "split": {"kind": "test fixture"}}
+    d = tmp_path_factory.mktemp("calibrated")
+    save_defense(d, trained, target_meta=TARGET_META, dataset="mnist-5k", seed=0,
+                 clean=evaluate_clean(trained, x_te[::10], y_te[::10], detector=det),
+                 detector=det, calibration={"t_logits": t_cal, "m_logits": m_cal,
+                                            "index": idx})
+    return d, t_cal, m_cal
+
+
 def test_load_round_trip(trained, defense_dir, trained_mnist_target):
     _, x_te, _ = trained_mnist_target
     d = load(defense_dir)
@@ -121,9 +143,12 @@ def test_detect_cli_png_and_arrays(constant_dir, trained_mnist_target, tmp_path,
     np.savez(npz, x=x.numpy().astype(np.float32))  # (N, 1, H, W) float
     code, out, err = run_cli(["detect", "--defense", constant_dir, png, rgb, npy, npz], capsys)
     assert code == 0, err
+    assert err.startswith("luring: note:") and "paper rule" in err  # no stored detector
     rows = [json.loads(line) for line in out.strip().splitlines()]
     assert len(rows) == 1 + 1 + 6 + 6
-    assert set(rows[0]) == {"input", "index", "t_label", "m_label", "flagged"}
+    assert set(rows[0]) == {"input", "index", "t_label", "m_label", "score", "flagged", "rule",
+                            "threshold"}
+    assert all(r["rule"] == "paper" and r["score"] == float(r["flagged"]) for r in rows)
     det = d.detect(x)
     expect = [(0, 0), (1, 0)] + [(i, i) for i in range(6)] * 2
     for row, (img, idx) in zip(rows, expect, strict=True):
@@ -160,6 +185,77 @@ def test_detect_cli_input_errors(constant_dir, tmp_path, capsys):
     txt.write_text("x")
     code, _, err = run_cli(["detect", "--defense", constant_dir, txt], capsys)
     assert code == 2 and ".png" in err
+
+
+def _rows(out):
+    return [json.loads(line) for line in out.strip().splitlines()]
+
+
+def test_detect_cli_operating_points(calibrated_dir, trained_mnist_target, tmp_path, capsys):
+    d_dir, t_cal, m_cal = calibrated_dir
+    _, x_te, _ = trained_mnist_target
+    d = load(d_dir)
+    stored = d.detector["threshold"]
+    assert stored == calibrate(score(t_cal, m_cal, "js"), 0.1)
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(a, x_te[:40].numpy())
+    np.save(b, x_te[500:530].numpy())
+    code, out, err = run_cli(["detect", "--defense", d_dir, a], capsys)
+    assert code == 0 and err == ""
+    rows, det = _rows(out), d.detect(x_te[:40])
+    assert len(rows) == 40 and {r["rule"] for r in rows} == {"js"}
+    assert all(r["threshold"] == stored for r in rows)
+    for r, s, f, t in zip(rows, det.score.tolist(), det.flagged.tolist(), det.t_label.tolist(),
+                          strict=True):
+        assert r["score"] == s and r["flagged"] == f == (s > stored) and r["t_label"] == t
+    png, npz = tmp_path / "one.png", tmp_path / "three.npz"
+    u8 = (x_te[:3] * 255).round().to(torch.uint8)
+    Image.fromarray(u8[0, 0].numpy(), mode="L").save(png)
+    np.savez(npz, images=u8[:, 0].numpy())
+    code, out, err = run_cli(["detect", "--defense", d_dir, png, npz], capsys)
+    assert code == 0, err
+    rows, det = _rows(out), d.detect(u8.float() / 255)
+    assert [r["input"] for r in rows] == [str(png)] + [str(npz)] * 3
+    for r, i in zip(rows, [0, 0, 1, 2], strict=True):
+        assert r["score"] == pytest.approx(det.score[i].item(), abs=1e-6)  # batch of 1 vs 3
+        assert r["flagged"] == bool(det.flagged[i]) and r["threshold"] == stored
+    code, out, _ = run_cli(["detect", "--defense", d_dir, "--rule", "paper", a], capsys)
+    assert code == 0
+    assert all(r["flagged"] == (r["t_label"] != r["m_label"]) and r["threshold"] == 0.0
+               for r in _rows(out))
+    for extra, rule, target in ((["--fpr", "0.3"], "js", 0.3),
+                                (["--rule", "tv", "--fpr", "0.2"], "tv", 0.2),
+                                (["--rule", "pm"], "pm", 0.1)):
+        want = calibrate(score(t_cal, m_cal, rule), target)  # from the stored logits only
+        code, out, err = run_cli(["detect", "--defense", d_dir, *extra, a, b], capsys)
+        assert code == 0, err
+        rows = _rows(out)
+        assert len(rows) == 70 and all(r["rule"] == rule and r["threshold"] == want
+                                       for r in rows)
+        assert all(r["flagged"] == (r["score"] > want) for r in rows)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--fpr", "0"], "--fpr"), (["--fpr", "1"], "--fpr"), (["--fpr", "abc"], "--fpr"),
+    (["--fpr", "nan"], "--fpr"), (["--rule", "entropy"], "--rule"),
+])
+def test_detect_cli_bad_options(extra, needle, calibrated_dir, tmp_path, capsys):
+    npy = tmp_path / "x.npy"
+    np.save(npy, np.zeros((2, 28, 28), dtype=np.uint8))
+    code, out, err = run_cli(["detect", "--defense", calibrated_dir[0], *extra, npy], capsys)
+    assert code == 2 and out == "" and needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_detect_cli_recalibration_needs_calibration_data(constant_dir, tmp_path, capsys):
+    npy = tmp_path / "x.npy"
+    np.save(npy, np.zeros((2, 28, 28), dtype=np.uint8))
+    for extra in (["--fpr", "0.1"], ["--rule", "tv"]):
+        code, out, err = run_cli(["detect", "--defense", constant_dir, *extra, npy], capsys)
+        assert code == 2 and out == "" and "calibration data" in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    code, out, _ = run_cli(["detect", "--defense", constant_dir, "--rule", "paper", npy], capsys)
+    assert code == 0 and len(_rows(out)) == 2
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -11,14 +11,17 @@ from torch import nn
 from luring.errors import LuringError
 from luring.metrics import (
     L0_THRESHOLD,
+    PairedComparison,
     Rate,
     adversarial_accuracy,
     agreement,
+    auroc,
     clean_accuracy,
     component_saliency,
     correct,
     dac,
     dac_ok,
+    detection_rate,
     disagreement_rate,
     distortion_summary,
     distortions,
@@ -27,9 +30,13 @@ from luring.metrics import (
     input_saliency,
     l0_distortion,
     logit_gradients,
+    mcnemar,
+    mcnemar_p_value,
+    newcombe_interval,
     omega,
     omega_comparison,
     rate,
+    roc_curve,
     transfer_metrics,
     wilson_interval,
     worst_case,
@@ -298,3 +305,126 @@ def test_input_saliency_linear_ce():
     # per-example maps do not depend on the batch
     assert torch.allclose(input_saliency(m, x[1:], y[1:]), g[1:], atol=1e-6)
     assert not math.isnan(float(g.sum()))
+
+
+# ---------------------------------------------------------------- ROC, AUROC, detection rate
+
+
+def test_roc_curve_hand_values():
+    fpr, tpr, thr = roc_curve([0.1, 0.4], [0.4, 0.9])
+    assert thr.tolist() == [0.9, 0.4, 0.1, float("-inf")]
+    assert fpr.tolist() == [0.0, 0.0, 0.5, 1.0] and tpr.tolist() == [0.0, 0.5, 1.0, 1.0]
+    assert fpr.dtype == torch.float64
+    # the binary paper rule: one interior point (its operating point at threshold 0)
+    fpr, tpr, thr = roc_curve([0, 0, 0, 1], [1, 1, 0, 1])
+    assert thr.tolist() == [1.0, 0.0, float("-inf")]
+    assert fpr.tolist() == [0.0, 0.25, 1.0] and tpr.tolist() == [0.0, 0.75, 1.0]
+
+
+def test_auroc_hand_values_ties_half():
+    assert auroc([0.1, 0.4], [0.4, 0.9]) == 0.875   # pairs: 1, 1, ½ (tie 0.4), 1 → 3.5/4
+    assert auroc([0.0, 0.0], [0.0, 0.0]) == 0.5     # all ties
+    assert auroc([0.9, 0.8], [0.1, 0.2]) == 0.0 and auroc([0.1], [0.2]) == 1.0
+    assert auroc([0, 0, 0, 1], [1, 1, 0, 1]) == pytest.approx((0.75 + 1 - 0.25) / 2)  # binary
+    with pytest.raises(LuringError, match="clean and adversarial"):
+        auroc([], [0.3])
+    with pytest.raises(LuringError, match="NaN"):
+        auroc([float("nan")], [0.3])
+
+
+def test_auroc_equals_mann_whitney_brute_force_and_trapezoid():
+    g = torch.Generator().manual_seed(0)
+    c = torch.randint(0, 8, (37,), generator=g).double() / 7    # heavy ties
+    a = torch.randint(2, 9, (23,), generator=g).double() / 8
+    pairs = (a[:, None] > c[None]).double() + 0.5 * (a[:, None] == c[None]).double()
+    brute = pairs.mean().item()
+    assert auroc(c, a) == pytest.approx(brute, abs=1e-15)
+    # Mann-Whitney U from mid-ranks of the pooled sample: U = R_a - n_a(n_a+1)/2
+    pooled = torch.cat([c, a])
+    ranks = torch.tensor([(pooled < v).sum().item() + ((pooled == v).sum().item() + 1) / 2
+                          for v in pooled.tolist()], dtype=torch.float64)
+    u = ranks[len(c):].sum().item() - len(a) * (len(a) + 1) / 2
+    assert auroc(c, a) == pytest.approx(u / (len(c) * len(a)), abs=1e-12)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    u_scipy = scipy_stats.mannwhitneyu(a.numpy(), c.numpy()).statistic
+    assert auroc(c, a) == pytest.approx(u_scipy / (len(c) * len(a)), abs=1e-12)
+    fpr, tpr, _ = roc_curve(c, a)
+    assert torch.trapezoid(tpr, fpr).item() == pytest.approx(auroc(c, a), abs=1e-12)
+    assert (fpr.diff() >= 0).all() and (tpr.diff() >= 0).all()
+
+
+def test_detection_rate_is_a_rate():
+    r = detection_rate([0.1, 0.5, 0.5, 0.9], 0.5)      # strictly above: only 0.9
+    assert isinstance(r, Rate) and (r.k, r.n) == (1, 4) and r.value == 0.25
+    assert (r.ci_low, r.ci_high) == wilson_interval(1, 4)
+    assert detection_rate(torch.zeros(0), 0.5).value is None
+
+
+# ---------------------------------------------------------------- McNemar, Newcombe
+
+
+def test_mcnemar_hand_counts_and_p_values():
+    a = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0, 1, 1], dtype=torch.bool)
+    b = torch.tensor([1, 1, 0, 0, 0, 1, 0, 0, 0, 0], dtype=torch.bool)
+    r = mcnemar(a, b)
+    assert isinstance(r, PairedComparison)
+    assert (r.n, r.both, r.only_a, r.only_b, r.neither) == (10, 2, 4, 1, 3)
+    assert r.rate_a == 0.6 and r.rate_b == 0.3 and r.difference == pytest.approx(0.3)
+    assert r.p_value == 0.375                            # 2·(1 + 5)/2⁵
+    assert mcnemar(a, b, mid_p=True).p_value == 0.21875  # 0.375 − 5/32
+    assert r.ci_low < r.difference < r.ci_high and not r.a_better()
+    assert mcnemar_p_value(0, 0) == 1.0 and mcnemar_p_value(3, 3) == 1.0
+    assert mcnemar_p_value(3, 3, mid_p=True) == 1.0
+    assert mcnemar_p_value(0, 7) == 2 / 128 and mcnemar_p_value(1, 5) == 0.21875
+    d = r.to_dict()
+    assert d["ci"] == [r.ci_low, r.ci_high] and d["only_a"] == 4
+    empty = mcnemar([], [])
+    assert empty.n == 0 and empty.p_value is None and empty.difference is None
+    with pytest.raises(LuringError, match="same length"):
+        mcnemar(a, b[:3])
+    with pytest.raises(LuringError, match="booleans"):
+        mcnemar(torch.tensor([0, 2]), torch.tensor([0, 1]))
+
+
+def test_mcnemar_against_scipy_binomtest():
+    binomtest = pytest.importorskip("scipy.stats").binomtest
+    for only_a, only_b in [(1, 5), (0, 7), (10, 2), (40, 61), (250, 300), (13, 13)]:
+        want = binomtest(only_a, only_a + only_b, 0.5).pvalue
+        assert mcnemar_p_value(only_a, only_b) == pytest.approx(want, rel=1e-9, abs=1e-15)
+    big = torch.zeros(2000, dtype=torch.bool)
+    a, b = big.clone(), big.clone()
+    a[:70], b[60:100] = True, True                       # only_a 60, only_b 30, both 10
+    r = mcnemar(a, b)
+    assert (r.only_a, r.only_b, r.both) == (60, 30, 10)
+    assert r.p_value == pytest.approx(binomtest(30, 90, 0.5).pvalue, rel=1e-9)
+    assert r.p_value < 0.05 and r.a_better() and not mcnemar(b, a).a_better()
+
+
+# Newcombe (1998, paired data), table III, method 10: (a, b, c, d) → 95% limits
+NEWCOMBE_III = [((36, 12, 2, 0), (0.0569, 0.3404)), ((20, 12, 2, 16), (0.0562, 0.3292)),
+                ((18, 12, 2, 18), (0.0562, 0.3290)), ((36, 14, 0, 0), (0.1528, 0.4167)),
+                ((35, 14, 0, 1), (0.1461, 0.4175)), ((18, 14, 0, 18), (0.1441, 0.3963)),
+                ((2, 97, 1, 0), (0.8721, 0.9854)), ((0, 29, 1, 0), (0.6666, 0.9882)),
+                ((0, 30, 0, 0), (0.8395, 1.0)), ((54, 0, 0, 0), (-0.0664, 0.0664))]
+
+
+@pytest.mark.parametrize("counts, limits", NEWCOMBE_III)
+def test_newcombe_method_10_published_values(counts, limits):
+    lo, hi = newcombe_interval(*counts)
+    assert lo == pytest.approx(limits[0], abs=1.5e-4) and hi == pytest.approx(limits[1],
+                                                                              abs=1.5e-4)
+    a, b, c, d = counts
+    nlo, nhi = newcombe_interval(a, c, b, d)             # swapping the two approaches
+    assert nlo == pytest.approx(-hi, abs=1e-12) and nhi == pytest.approx(-lo, abs=1e-12)
+
+
+def test_newcombe_step_by_step():
+    # (a, b, c, d) = (20, 12, 2, 16), n = 50: p1 = 0.64, p2 = 0.44, ad − bc = 296 > n/2
+    l1, u1 = wilson_interval(32, 50)
+    l2, u2 = wilson_interval(22, 50)
+    phi = (296 - 25) / math.sqrt(32 * 18 * 22 * 28)
+    lo = 0.2 - math.sqrt((0.64 - l1) ** 2 - 2 * phi * (0.64 - l1) * (u2 - 0.44) + (u2 - 0.44) ** 2)
+    hi = 0.2 + math.sqrt((u1 - 0.64) ** 2 - 2 * phi * (u1 - 0.64) * (0.44 - l2) + (0.44 - l2) ** 2)
+    assert newcombe_interval(20, 12, 2, 16) == pytest.approx((lo, hi), abs=1e-12)
+    with pytest.raises(LuringError, match="at least one pair"):
+        newcombe_interval(0, 0, 0, 0)

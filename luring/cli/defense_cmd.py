@@ -16,8 +16,17 @@ from luring.cli.common import add_common, fraction, nonneg_int, pos_float, pos_i
 __all__ = ["register"]
 
 
+def _open_unit(text: str) -> float:
+    """A number strictly between 0 and 1 (a false-alarm target)."""
+    v = pos_float(text)
+    if not v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {v}")
+    return v
+
+
 def register(subparsers) -> None:
     """Add the defense commands to the ``luring`` parser."""
+    from luring.defense.scores import SCORES
     from luring.defense.settings import METHODS, PROFILES
 
     p = subparsers.add_parser(
@@ -53,13 +62,24 @@ def register(subparsers) -> None:
     p.set_defaults(handler=_train)
 
     p = subparsers.add_parser(
-        "detect", help="classify inputs with T and flag those where T and M disagree",
+        "detect", help="classify inputs with T and flag the suspicious ones",
         description="For each input image print one JSON line {input, index, t_label, "
-        "m_label, flagged}: T's label (the answer), M's label and whether they differ (the "
-        "detection scheme of the paper, section 4.1). Inputs: PNG/JPEG files of the model's "
-        "size, or .npy/.npz arrays (N, C, H, W) or (N, H, W), uint8 0-255 or float in [0, 1].")
+        "m_label, score, flagged, rule, threshold}: T's label (the answer), M's label, the "
+        "detection score (higher = more suspicious, in [0, 1]) and whether it is above the "
+        "operating point's threshold. Default: the operating point stored with the defense "
+        "(chosen on held-out unlabelled training images); --rule paper flags exactly when T "
+        "and M disagree (section 4.1). Inputs: PNG/JPEG files of the model's size, or "
+        ".npy/.npz arrays (N, C, H, W) or (N, H, W), uint8 0-255 or float in [0, 1].")
     p.add_argument("--defense", required=True, help="defense directory")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or array files")
+    p.add_argument("--rule", choices=SCORES, default=None,
+                   help="detection score: paper (T and M disagree), tv (total variation), js "
+                   "(Jensen-Shannon distance), pm (1 - M's probability of T's label); default: "
+                   "the stored one (a rule other than the stored one is recalibrated for the "
+                   "stored false-alarm target)")
+    p.add_argument("--fpr", type=_open_unit, default=None,
+                   help="target false-alarm rate F in (0, 1): recalibrate the threshold on the "
+                   "defense's stored calibration images (never on the inputs)")
     p.add_argument("--batch-size", type=pos_int, default=500, help="inference batch size")
     add_common(p, out=False)
     p.set_defaults(handler=_detect)
@@ -130,14 +150,21 @@ def _detect(args: argparse.Namespace) -> int:
     from luring.defense.inputs import read_inputs
 
     defense = load(args.defense, device=args.device)
+    op = defense.operating_point(args.rule, args.fpr)  # fails before reading any input
     batches = read_inputs(args.inputs, defense.input_shape)
+    if op.get("note"):  # after the inputs: an error stays a single line
+        sys.stderr.write(f"luring: note: {op['note']}\n")
     for name, images in batches:
-        det = defense.detect(images, batch_size=args.batch_size)
+        det = defense.detect(images, batch_size=args.batch_size, rule=op["rule"],
+                             fpr=args.fpr)
         for i in range(len(images)):
             sys.stdout.write(json.dumps({"input": name, "index": i,
                                          "t_label": int(det.t_label[i]),
                                          "m_label": int(det.m_label[i]),
-                                         "flagged": bool(det.flagged[i])}) + "\n")
+                                         "score": float(det.score[i]),
+                                         "flagged": bool(det.flagged[i]),
+                                         "rule": det.rule,
+                                         "threshold": det.threshold}) + "\n")
     sys.stdout.flush()
     return 0
 

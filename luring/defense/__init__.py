@@ -1,14 +1,25 @@
 """The defense stage: train the luring component P for a frozen target M (T = M∘P, paper
 section 2.4, Algorithm 1), the baselines of section 3.1 (C_E, Auto, Stack), clean evaluation
-(table 8), the deployed defense with its detection scheme (section 4.1) and export of T.
+(table 8), the deployed defense with its detection scheme (section 4.1: detection scores and
+a label-free calibrated operating point) and export of T.
 
 Main entry points: :func:`luring_loss`, :func:`defense_settings`, :func:`train_defense`,
 :func:`evaluate_clean`, :func:`save_defense`, :func:`build_defense` (the three in one
-call), :func:`load` (→ :class:`Defense`), :func:`export_augmented`.
+call, with the detector's calibration), :func:`load` (→ :class:`Defense`),
+:func:`export_augmented`; detection: :func:`score` (:data:`SCORES`), :func:`calibrate`,
+:func:`operating_point`.
 """
 
 from luring.defense.build import build_defense
-from luring.defense.deploy import FORMAT, Defense, Detection, load, save_defense
+from luring.defense.calibrate import (
+    DEFAULT_RULE,
+    DEFAULT_TARGET_FPR,
+    calibrate,
+    calibration_split,
+    load_calibration,
+    operating_point,
+)
+from luring.defense.deploy import FORMAT, LEGACY_DETECTOR, Defense, Detection, load, save_defense
 from luring.defense.evaluate import evaluate_clean, wilson_interval
 from luring.defense.export import export_augmented
 from luring.defense.inputs import read_inputs
@@ -18,26 +29,37 @@ from luring.defense.loss import (
     reconstruction_loss,
     soft_cross_entropy,
 )
+from luring.defense.scores import SCORES, flag, score
 from luring.defense.settings import METHODS, defense_settings, resolve_settings
 from luring.defense.train import TrainedDefense, train_defense
 
 __all__ = [
+    "DEFAULT_RULE",
+    "DEFAULT_TARGET_FPR",
     "FORMAT",
+    "LEGACY_DETECTOR",
     "METHODS",
+    "SCORES",
     "Defense",
     "Detection",
     "TrainedDefense",
     "build_defense",
+    "calibrate",
+    "calibration_split",
     "defense_settings",
     "evaluate_clean",
     "export_augmented",
+    "flag",
     "load",
+    "load_calibration",
     "luring_classes",
     "luring_loss",
+    "operating_point",
     "read_inputs",
     "reconstruction_loss",
     "resolve_settings",
     "save_defense",
+    "score",
     "soft_cross_entropy",
     "train_defense",
     "wilson_interval",

@@ -1,7 +1,14 @@
-"""One call from a frozen target M and a data split to a written defense directory: train P
-(:func:`~luring.defense.train_defense`), evaluate it on clean test images
-(:func:`~luring.defense.evaluate_clean`) and save it (:func:`~luring.defense.save_defense`).
-Used by ``luring train-defense`` and by the experiments stage."""
+"""One call from a frozen target M and a data split to a written defense directory: carve the
+calibration split off the training images, train P on the rest
+(:func:`~luring.defense.train_defense`), choose the detector's operating point on the
+calibration images (:mod:`luring.defense.calibrate`), evaluate on clean test images
+(:func:`~luring.defense.evaluate_clean`) and save it all (:func:`~luring.defense.save_defense`).
+Used by ``luring train-defense`` and by the experiments stage.
+
+The calibration images are held out *before* P trains: neither P's training nor its
+checkpoint selection (which holds out ``val_fraction`` of the remaining images) sees them, so
+the held-out false-alarm rate is not optimistic. With the default 10% this changes P's
+training set (90% of the given images) compared with training on all of them."""
 
 from __future__ import annotations
 
@@ -12,11 +19,24 @@ from typing import Any
 import torch
 from torch import nn
 
+from luring.defense.calibrate import (
+    DEFAULT_RULE,
+    DEFAULT_TARGET_FPR,
+    calibration_split,
+    fingerprint,
+    operating_point,
+)
 from luring.defense.deploy import save_defense
 from luring.defense.evaluate import evaluate_clean
+from luring.defense.scores import SCORES
 from luring.defense.train import TrainedDefense, train_defense
+from luring.errors import LuringError
+from luring.models.predict import predict_logits
 
-__all__ = ["build_defense"]
+__all__ = ["build_defense", "CALIBRATION_FRACTION", "CALIBRATION_SEED"]
+
+CALIBRATION_FRACTION = 0.1
+CALIBRATION_SEED = 0  # one split per training set, shared by every approach and seed
 
 
 def build_defense(out: str | os.PathLike, target: nn.Module, target_meta: dict[str, Any],
@@ -24,21 +44,58 @@ def build_defense(out: str | os.PathLike, target: nn.Module, target_meta: dict[s
                   method: str, settings: dict[str, Any], family: str, dataset: str,
                   seed: int, device: str | torch.device = "cpu", labels: torch.Tensor | None = None,
                   target_dir: str | None = None, config: dict[str, Any] | None = None,
-                  stage: Path | None = None, desc: str | None = None
+                  stage: Path | None = None, desc: str | None = None,
+                  detector_rule: str = DEFAULT_RULE, target_fpr: float = DEFAULT_TARGET_FPR,
+                  calibration_fraction: float = CALIBRATION_FRACTION,
+                  calibration_seed: int = CALIBRATION_SEED
                   ) -> tuple[Path, TrainedDefense, dict[str, Any]]:
     """Train ``method`` for ``target`` on the unlabelled ``x_train`` (float32 (N, C, H, W) in
-    [0, 1]), evaluate on ``test`` = (images, int64 labels) and write the defense directory
-    ``out``. ``family``: the data set family (``mnist``, ``svhn``, ``cifar10``: P's default
-    architecture); ``target_meta``: M's checkpoint sidecar (its architecture is also the head of
-    ``stack``); ``settings``: resolved defense settings; ``labels`` (int64 (N,)) are passed to
-    the trainer for ``stack`` only. ``config``/``stage``: see :func:`save_defense`.
-    Returns (directory, trained defense, clean figures)."""
+    [0, 1]) minus its calibration split, calibrate the detector, evaluate on ``test`` =
+    (images, int64 labels) and write the defense directory ``out``. ``family``: the data set
+    family (``mnist``, ``svhn``, ``cifar10``: P's default architecture); ``target_meta``: M's
+    checkpoint sidecar (its architecture is also the head of ``stack``); ``settings``:
+    resolved defense settings; ``labels`` (int64 (N,)) are read for ``stack`` only.
+    ``config``/``stage``: see :func:`save_defense`.
+
+    Detector: ``calibration_fraction`` (in (0, 0.5]; 0 = no split, the paper rule) of the
+    training images, drawn with ``calibration_seed`` (:func:`~luring.defense.calibrate.
+    calibration_split`), are held out unlabelled; ``detector_rule`` (a score of
+    :data:`~luring.defense.scores.SCORES`) gets the smallest threshold whose false-alarm rate
+    on them is ≤ ``target_fpr`` (``paper`` keeps its fixed threshold 0). The test images
+    never choose anything. Returns (directory, trained defense, clean figures)."""
+    if detector_rule not in SCORES:
+        raise LuringError(f"unknown detection score {detector_rule!r}; choose one of "
+                          f"{', '.join(SCORES)}")
+    n = len(x_train)
+    if calibration_fraction:
+        fit_idx, cal_idx = calibration_split(n, calibration_fraction, calibration_seed)
+        x_fit = x_train[fit_idx]
+        y_fit = labels[fit_idx] if method == "stack" and labels is not None else None
+    else:
+        fit_idx, cal_idx, x_fit = None, None, x_train
+        y_fit = labels if method == "stack" else None
     trained = train_defense(
-        target, x_train, method=method, settings=settings,
-        family=family, labels=labels if method == "stack" else None,
+        target, x_fit, method=method, settings=settings, family=family, labels=y_fit,
         head_arch=target_meta["architecture"], head_kwargs=target_meta.get("arch_kwargs") or {},
         seed=seed, device=device, desc=desc or f"train {method}")
-    clean = evaluate_clean(trained, *test)
+    detector, calibration = None, None
+    if cal_idx is not None:
+        x_cal = x_train[cal_idx]
+        bs = int(settings.get("eval_batch_size", 1000))
+        t_logits = predict_logits(trained.augmented, x_cal, bs)  # on the models' device
+        m_logits = predict_logits(trained.target, x_cal, bs)
+        op = operating_point(t_logits, m_logits, detector_rule,
+                             None if detector_rule == "paper" else target_fpr)
+        detector = {**op, "split": {
+            "kind": "calibration split", "source": "training images", "labels_read": False,
+            "fraction": float(calibration_fraction), "seed": int(calibration_seed),
+            "n": len(cal_idx), "n_training_images": n, "n_fit": len(fit_idx),
+            "fingerprint": fingerprint(x_cal), "file": "calibration.safetensors",
+            "note": "held out before P trained; never used for P's training or checkpoint "
+                    "selection"}}
+        calibration = {"t_logits": t_logits, "m_logits": m_logits, "index": cal_idx}
+    clean = evaluate_clean(trained, *test, detector=detector)
     path = save_defense(out, trained, target_meta=target_meta, dataset=dataset, seed=seed,
-                        clean=clean, target_dir=target_dir, config=config, stage=stage)
+                        clean=clean, target_dir=target_dir, config=config, stage=stage,
+                        detector=detector, calibration=calibration)
     return path, trained, clean

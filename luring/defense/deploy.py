@@ -5,9 +5,15 @@ Defense directory (contract with the other stages, format ``luring-defense/1``):
 * ``defense.json``: ``format``, ``method``, ``lambda``, ``dataset``, ``target_dir``,
   ``config`` (fully resolved settings), ``seed``, ``selection``, ``clean``, ``history``,
   ``versions`` (plus ``input_shape``, ``num_classes``, ``component_architecture``,
-  ``head_architecture``, ``training_seconds``);
+  ``head_architecture``, ``training_seconds``) and ``detector``: the operating point
+  ``{"rule", "threshold", "target_fpr", "heldout_fpr", "heldout_k", "n", "split"}`` chosen on
+  held-out unlabelled clean images (``luring.defense.calibrate``; ``split`` says which
+  images). Directories written before the detector existed have no ``detector``: they load
+  with the paper rule (flag when T and M disagree) and a note;
 * ``target.safetensors/.json``: a copy of M; ``component.safetensors/.json``: P;
   for ``stack`` also ``head.safetensors/.json`` (the classifier retrained with P);
+* ``calibration.safetensors``: T's and M's logits on the calibration images and their
+  indices (what ``detect(rule=..., fpr=...)`` recalibrates from);
 * ``config.json`` (how the run was asked for), ``results.json`` (the clean figures) and
   ``report.md`` (human summary).
 
@@ -28,10 +34,19 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from luring.defense.calibrate import (
+    CALIBRATION_FILE,
+    DEFAULT_TARGET_FPR,
+    load_calibration,
+    operating_point,
+    save_calibration,
+)
 from luring.defense.evaluate import clean_table_markdown
+from luring.defense.scores import PAPER_THRESHOLD, SCORES, flag, score
 from luring.defense.train import TrainedDefense
 from luring.errors import LuringError
 from luring.models import Stacked, load_checkpoint, predict_labels, save_checkpoint
+from luring.models.predict import predict_logits
 from luring.utils import (
     atomic_write_json,
     atomic_write_text,
@@ -41,21 +56,50 @@ from luring.utils import (
     versions,
 )
 
-__all__ = ["FORMAT", "Defense", "Detection", "load", "save_defense", "staging_dir", "publish"]
+__all__ = ["FORMAT", "Defense", "Detection", "LEGACY_DETECTOR", "load", "save_defense",
+           "staging_dir", "publish"]
 
 FORMAT = "luring-defense/1"
 _MODEL_FILES = [f"{n}.{e}" for n in ("target", "component", "head") for e in ("safetensors",
                                                                               "json")]
-_OWN_FILES = _MODEL_FILES + ["defense.json", "config.json", "results.json", "report.md"]
+_OWN_FILES = _MODEL_FILES + [CALIBRATION_FILE, "defense.json", "config.json", "results.json",
+                             "report.md"]
+LEGACY_DETECTOR: dict[str, Any] = {
+    "rule": "paper", "threshold": PAPER_THRESHOLD, "target_fpr": None, "heldout_fpr": None,
+    "heldout_k": None, "n": 0, "split": None,
+    "note": "this defense was written without a calibrated detector: using the paper rule "
+            "(flag when T and M disagree)"}
 
 
-class Detection(NamedTuple):
-    """Per-image output of :meth:`Defense.detect`: ``t_label`` (N,) int64 = T's label (what is
-    answered), ``m_label`` (N,) int64 = M's label, ``flagged`` (N,) bool = they disagree."""
-
+class _Labels(NamedTuple):
     t_label: torch.Tensor
     m_label: torch.Tensor
     flagged: torch.Tensor
+
+
+class Detection(_Labels):
+    """Per-image output of :meth:`Defense.detect`: a named 3-tuple as before the operating
+    point existed (``t, m, flagged = defense.detect(x)`` still works) — ``t_label`` (N,)
+    int64 = T's label (what is answered), ``m_label`` (N,) int64 = M's label, ``flagged``
+    (N,) bool = the score is above the operating point's threshold (for the ``paper`` rule:
+    T and M disagree) — with the attributes ``score`` (N,) float64 in [0, 1] (higher = more
+    suspicious), ``rule`` and ``threshold``."""
+
+    score: torch.Tensor
+    rule: str
+    threshold: float
+
+    def __new__(cls, t_label: torch.Tensor, m_label: torch.Tensor, flagged: torch.Tensor,
+                score: torch.Tensor | None = None, rule: str = "paper",
+                threshold: float = PAPER_THRESHOLD) -> Detection:
+        self = super().__new__(cls, t_label, m_label, flagged)
+        self.score = flagged.double() if score is None else score
+        self.rule, self.threshold = rule, float(threshold)
+        return self
+
+    def __repr__(self) -> str:
+        return (f"Detection(n={len(self.t_label)}, rule={self.rule!r}, "
+                f"threshold={self.threshold:g}, flagged={int(self.flagged.sum())})")
 
 
 class Defense:
@@ -69,6 +113,7 @@ class Defense:
         self.target, self.component, self.augmented = target, component, augmented
         self.meta, self.input_shape, self.device, self.directory = (meta, input_shape, device,
                                                                     directory)
+        self._calibration: dict[str, torch.Tensor] | None = None
 
     @property
     def method(self) -> str:
@@ -87,13 +132,75 @@ class Defense:
         """T's labels, int64 (N,), for images float32 (N, C, H, W) in [0, 1]."""
         return predict_labels(self.augmented, self.check(x), batch_size, self.device)
 
-    def detect(self, x: torch.Tensor, batch_size: int = 1000) -> Detection:
-        """The detection scheme of section 4.1: T's label, M's label and whether they differ
-        (an input is flagged as adversarial exactly when T(x) ≠ M(x))."""
+    @property
+    def detector(self) -> dict[str, Any]:
+        """The stored operating point (``defense.json``'s ``detector``), or for a directory
+        written before it existed :data:`LEGACY_DETECTOR` (the paper rule, with a note)."""
+        det = self.meta.get("detector")
+        return dict(det) if isinstance(det, dict) and det.get("rule") in SCORES else dict(
+            LEGACY_DETECTOR)
+
+    def calibration(self) -> dict[str, torch.Tensor]:
+        """T's and M's logits on the stored calibration images (see
+        :func:`~luring.defense.calibrate.load_calibration`), read once."""
+        if self._calibration is None:
+            if self.directory is None:
+                raise LuringError("this defense was not loaded from a directory and has no "
+                                  "calibration data")
+            self._calibration = load_calibration(self.directory)
+        return self._calibration
+
+    def operating_point(self, rule: str | None = None, fpr: float | None = None
+                        ) -> dict[str, Any]:
+        """The operating point to detect with. Without arguments (or with the stored rule
+        and no ``fpr``): the stored one. ``rule="paper"`` without ``fpr``: the paper rule's
+        fixed threshold 0. Otherwise the threshold of ``rule`` recalibrated on the stored
+        calibration images (never on the inputs) for the target ``fpr`` in (0, 1)
+        (default: the stored target, else 5%). Returns a dict like ``detector``'s, with
+        ``"source"`` = ``stored``, ``paper`` or ``recalibrated``."""
+        stored = self.detector
+        rule = stored["rule"] if rule is None else rule
+        if rule not in SCORES:
+            raise LuringError(f"unknown detection rule {rule!r}; choose one of "
+                              f"{', '.join(SCORES)}")
+        if fpr is not None and not 0.0 < float(fpr) < 1.0:
+            raise LuringError(f"the false-alarm target must be in (0, 1), got {fpr}")
+        if fpr is None and rule == stored["rule"]:
+            return {**stored, "source": "stored"}
+        if fpr is None and rule == "paper":
+            if not self._has_calibration():
+                return {**LEGACY_DETECTOR, "note": None, "source": "paper"}
+            cal = self.calibration()  # only to report the paper rule's held-out rate
+            op = operating_point(cal["t_logits"], cal["m_logits"], "paper", None)
+            return {**op, "split": stored.get("split"), "source": "paper"}
+        target = fpr if fpr is not None else stored.get("target_fpr")
+        target = DEFAULT_TARGET_FPR if target is None else target
+        cal = self.calibration()
+        op = operating_point(cal["t_logits"], cal["m_logits"], rule, float(target))
+        return {**op, "split": stored.get("split"), "source": "recalibrated"}
+
+    def _has_calibration(self) -> bool:
+        return self._calibration is not None or (
+            self.directory is not None and (self.directory / CALIBRATION_FILE).is_file())
+
+    def logits(self, x: torch.Tensor, batch_size: int = 1000
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """T's and M's logits, float32 (N, K) each on the CPU, for images (N, C, H, W)."""
         self.check(x)  # once for both models
-        t = predict_labels(self.augmented, x, batch_size, self.device)
-        m = predict_labels(self.target, x, batch_size, self.device)
-        return Detection(t, m, t != m)
+        return (predict_logits(self.augmented, x, batch_size, self.device),
+                predict_logits(self.target, x, batch_size, self.device))
+
+    def detect(self, x: torch.Tensor, batch_size: int = 1000, *, rule: str | None = None,
+               fpr: float | None = None) -> Detection:
+        """Detect at an operating point (:meth:`operating_point`; default: the stored one):
+        T's label, M's label, the score and whether it is above the threshold. With the
+        ``paper`` rule an input is flagged exactly when T(x) ≠ M(x) (section 4.1).
+        ``x``: float32 (N, C, H, W) in [0, 1]. Returns a :class:`Detection`."""
+        op = self.operating_point(rule, fpr)
+        t_logits, m_logits = self.logits(x, batch_size)
+        s = score(t_logits, m_logits, op["rule"])
+        return Detection(t_logits.argmax(1), m_logits.argmax(1), flag(s, op["threshold"]), s,
+                         op["rule"], float(op["threshold"]))
 
 
 def _freeze(model: nn.Module) -> nn.Module:
@@ -165,16 +272,24 @@ def publish(staging: Path, out: str | os.PathLike) -> Path:
 def save_defense(directory: str | os.PathLike, trained: TrainedDefense, *,
                  target_meta: dict[str, Any], dataset: str | None, seed: int,
                  clean: dict[str, Any] | None = None, target_dir: str | None = None,
-                 config: dict[str, Any] | None = None, stage: Path | None = None) -> Path:
+                 config: dict[str, Any] | None = None, stage: Path | None = None,
+                 detector: dict[str, Any] | None = None,
+                 calibration: dict[str, torch.Tensor] | None = None) -> Path:
     """Write the defense directory for ``trained`` into ``directory`` (staged, then moved into
     place). ``target_meta``: M's checkpoint sidecar (architecture, input shape, classes);
     ``clean``: :func:`~luring.defense.evaluate_clean`'s figures; ``config``: what was asked
     for (written to ``config.json``; defaults to the resolved settings); ``stage``: a
-    directory from :func:`staging_dir` made earlier (default: a new one). Returns the
-    directory."""
+    directory from :func:`staging_dir` made earlier (default: a new one); ``detector``: the
+    operating point (``defense.json``'s ``detector``; None: the paper rule is used on
+    loading); ``calibration``: ``{"t_logits", "m_logits", "index"}`` of the calibration
+    images (written to ``calibration.safetensors``). Returns the directory."""
     stage = stage if stage is not None else staging_dir(directory)
     try:
-        _write_all(stage, trained, target_meta, dataset, seed, clean, target_dir, config)
+        if calibration is not None:
+            save_calibration(stage, calibration["t_logits"], calibration["m_logits"],
+                             calibration["index"])
+        _write_all(stage, trained, target_meta, dataset, seed, clean, target_dir, config,
+                   detector)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -183,7 +298,7 @@ def save_defense(directory: str | os.PathLike, trained: TrainedDefense, *,
 
 def _write_all(d: Path, tr: TrainedDefense, tmeta: dict[str, Any], dataset: str | None,
                seed: int, clean: dict[str, Any] | None, target_dir: str | None,
-               config: dict[str, Any] | None) -> None:
+               config: dict[str, Any] | None, detector: dict[str, Any] | None) -> None:
     shape = list(tmeta["input_shape"])
     classes = tmeta.get("classes")
     num_classes = tmeta.get("num_classes") or (len(classes) if classes else None)
@@ -209,9 +324,12 @@ def _write_all(d: Path, tr: TrainedDefense, tmeta: dict[str, Any], dataset: str 
         "component_architecture": tr.component_arch, "head_architecture": tr.head_arch,
         "training_seconds": round(tr.seconds, 2),
     }
+    if detector is not None:
+        meta["detector"] = detector
     results = {"format": "luring-defense-results/1", "method": tr.method, "dataset": dataset,
                "lambda": tr.settings.get("lambda"), "clean": clean, "selection": tr.selection,
-               "training_seconds": round(tr.seconds, 2), "seed": seed}
+               "training_seconds": round(tr.seconds, 2), "seed": seed,
+               "detector": detector}
     atomic_write_json(d / "config.json", config if config is not None else tr.settings)
     atomic_write_json(d / "results.json", results)
     atomic_write_text(d / "report.md", _report(meta))
@@ -234,6 +352,17 @@ def _report(meta: dict[str, Any]) -> str:
              f"training images): epoch {sel.get('epoch')}"
              + (f", held-out agreement {100 * sel['agreement']:.1f}%"
                 if sel.get("agreement") is not None else ""), ""]
+    det = meta.get("detector")
+    if det:
+        split = det.get("split") or {}
+        where = (f"{det['n']} held-out unlabelled training images ({split.get('kind')}, "
+                 f"never seen by P)" if split else f"{det['n']} held-out images")
+        lines.insert(-1, f"- detector: score `{det['rule']}`, flag when score > "
+                     f"{det['threshold']:.6g}"
+                     + (f", chosen for ≤ {100 * det['target_fpr']:g}% false alarms on {where}: "
+                        f"{100 * det['heldout_fpr']:.1f}% there"
+                        if det.get("target_fpr") is not None and det.get("heldout_fpr") is not None
+                        else " (the paper rule)"))
     if meta.get("clean"):
         lines += ["## Clean test images (paper table 8)", "", clean_table_markdown(meta["clean"])]
     return "\n".join(lines) + "\n"

@@ -1,10 +1,13 @@
 """The paper's metrics: rates with Wilson intervals (DR, IAR, AC, DAC, table-8 clean rates),
-adversarial distortion (l2, l∞, l0), Ω_c logit analysis and saliency maps.
+detector curves (ROC, AUROC, detection rate at a threshold), paired comparisons (McNemar's
+exact test, Newcombe's interval), adversarial distortion (l2, l∞, l0), Ω_c logit analysis and
+saliency maps.
 
 Tensors in, plain floats (or :class:`Rate`) out. Imports only torch, numpy and
 ``luring.utils``/``luring.errors``.
 """
 
+from luring.metrics.detection import auroc, detection_rate, roc_curve
 from luring.metrics.distortion import (
     L0_THRESHOLD,
     distortion_summary,
@@ -19,6 +22,12 @@ from luring.metrics.gradients import (
     logit_gradients,
     omega,
     omega_comparison,
+)
+from luring.metrics.paired import (
+    PairedComparison,
+    mcnemar,
+    mcnemar_p_value,
+    newcombe_interval,
 )
 from luring.metrics.rates import (
     Z95,
@@ -54,6 +63,13 @@ __all__ = [
     "false_alarm_rate",
     "transfer_metrics",
     "worst_case",
+    "roc_curve",
+    "auroc",
+    "detection_rate",
+    "PairedComparison",
+    "mcnemar",
+    "mcnemar_p_value",
+    "newcombe_interval",
     "L0_THRESHOLD",
     "l2_distortion",
     "linf_distortion",
