@@ -1,0 +1,404 @@
+"""Trapdoor training, clean evaluation and the defense directory (writing, loading, and the one
+call from a training split to a written directory, ``luring train-defense --method
+trapdoor``). The method itself (settings, triggers, :class:`TrappedModel`) is in
+``luring.defense.trapdoor``, which also re-exports this module's public functions.
+
+Directory (format ``luring-defense/1``, method ``trapdoor``), written into a hidden staging
+sibling and moved into place file by file (``luring.defense.deploy.publish``):
+
+* ``defense.json``: ``format``, ``method``, ``dataset``, ``config`` (resolved settings),
+  ``seed``, ``triggers`` (their parameters), ``threshold``, ``calibration`` (target and
+  held-out false-alarm rate, n; also as ``detector`` in the field names of the other
+  defenses' operating point), ``clean`` (:func:`evaluate_trapdoor` on test images),
+  ``history``, ``signature_layer``, ``architecture``, ``input_shape``, ``num_classes``,
+  ``training_seconds``, ``versions`` (``lambda`` and ``target_dir`` are null: no M involved);
+* ``model.safetensors/.json``: the trapdoored model (``luring.models.save_checkpoint``);
+* ``trapdoor.safetensors``: ``masks`` and ``patterns`` float32 (K, C, H, W), ``signatures``
+  float32 (K, D);
+* ``config.json``, ``results.json``, ``report.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save as st_save
+from torch import nn
+
+from luring.defense.deploy import FORMAT, publish, staging_dir
+from luring.defense.trapdoor import (
+    TrappedModel,
+    Triggers,
+    batched_features,
+    calibrate_threshold,
+    make_triggers,
+    penultimate_layer,
+    resolve_trapdoor_settings,
+    trapdoor_settings,
+)
+from luring.errors import LuringError
+from luring.models import arch_spec, build, load_checkpoint, save_checkpoint
+from luring.models.checkpoint import load_state_dict_file
+from luring.utils import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    check_images,
+    make_generator,
+    progress,
+    read_json,
+    resolve_device,
+    versions,
+    wilson_interval,
+)
+
+__all__ = ["train_trapdoor", "evaluate_trapdoor", "save_trapdoor", "load_trapdoor",
+           "build_trapdoor", "check_out"]
+
+METHOD = "trapdoor"
+TENSORS = "trapdoor.safetensors"
+
+
+def _split(n: int, fraction: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    n_val = min(max(int(round(fraction * n)), 1), n - 2)
+    perm = torch.randperm(n, generator=gen)
+    return perm[:n_val].sort().values, perm[n_val:].sort().values
+
+
+def _other_labels(y: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """A uniformly drawn label ≠ y for each entry of y (N,)."""
+    return (y + 1 + torch.randint(k - 1, y.shape, generator=gen)) % k
+
+
+def train_trapdoor(x_train: torch.Tensor, y_train: torch.Tensor, *, family: str = "mnist",
+                   settings: dict[str, Any] | None = None, num_classes: int | None = None,
+                   seed: int = 0, device: str | torch.device = "cpu",
+                   desc: str = "train trapdoor") -> TrappedModel:
+    """Train a trapdoored model of ``settings["architecture"]`` (M's; default: the family's
+    target) from scratch, then compute its signatures and calibrate its threshold.
+
+    x_train: float32 (N, C, H, W) in [0, 1]; y_train: int64 (N,) in [0, K). A held-out
+    ``val_fraction`` of them is never trained on: it gives the signatures (stamped copies)
+    and the threshold (clean copies, label-free). ``settings``: from
+    :func:`trapdoor_settings` (default: the family's paper profile). Every random choice
+    derives from ``seed``. Returns a :class:`TrappedModel` in eval mode.
+    """
+    s = resolve_trapdoor_settings(settings if settings is not None else
+                                  trapdoor_settings(family, "paper"))
+    check_images(x_train, name="training images")
+    if not isinstance(y_train, torch.Tensor) or y_train.dtype != torch.int64 \
+            or y_train.shape != (len(x_train),):
+        raise LuringError(f"training labels must be an int64 tensor of shape ({len(x_train)},)")
+    if len(x_train) < 3:
+        raise LuringError(f"need at least 3 training images, got {len(x_train)}")
+    k = int(num_classes or int(y_train.max()) + 1)
+    if int(y_train.min()) < 0 or int(y_train.max()) >= k or k < 2:
+        raise LuringError(f"training labels must be in [0, {k - 1}] with at least 2 classes")
+    dev = resolve_device(device)
+    shape = tuple(int(v) for v in x_train.shape[1:])
+    if shape[1:] != arch_spec(s["architecture"]).input_shape[1:]:
+        raise LuringError(f"training images have shape {tuple(x_train.shape)}; architecture "
+                          f"{s['architecture']} takes {arch_spec(s['architecture']).input_shape}")
+    triggers = make_triggers(k, shape, squares=s["squares"], square_size=s["square_size"],
+                             mask_ratio=float(s["mask_ratio"]), seed=seed)
+    gen = make_generator(seed + 1)
+    val_idx, train_idx = _split(len(x_train), float(s["val_fraction"]), gen)
+    x_val, y_val = x_train[val_idx], y_train[val_idx]
+    x_val_trap_t = _other_labels(y_val, k, gen)
+    x_val_trap = triggers.apply(x_val, x_val_trap_t)
+    arch_kwargs = {"dropout": float(s["dropout"])} if s["dropout"] else {}
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(seed)  # weight initialisation and dropout
+        model = build(s["architecture"], in_channels=shape[0], num_classes=k,
+                      **arch_kwargs).to(dev)
+        history = _fit(model, x_train, y_train, train_idx, triggers, s, gen, dev, desc,
+                       (x_val, y_val, x_val_trap, x_val_trap_t))
+    seconds = time.perf_counter() - t0
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    layer = penultimate_layer(model)[0]
+    meta = {"settings": s, "seed": seed, "history": history, "training_seconds": seconds,
+            "architecture": s["architecture"], "arch_kwargs": arch_kwargs,
+            "num_classes": k, "signature_layer": f"input of {layer} (last nn.Linear)",
+            "held_out_indices": val_idx}  # rows of x_train (not saved)
+    bs = s["eval_batch_size"]
+    signatures = torch.stack([batched_features(model, triggers.apply(x_val, t), bs, dev)[1]
+                              .mean(0) for t in range(k)])
+    trapped = TrappedModel(model, triggers, signatures, 0.0, meta, shape, dev)
+    clean = trapped.detect(x_val, bs).scores
+    trapped.threshold = calibrate_threshold(clean, float(s["false_alarm"]))
+    flagged = int((clean > trapped.threshold).sum())
+    meta["calibration"] = {
+        "rule": "lower (1 - false_alarm) quantile of clean held-out scores (label-free)",
+        "false_alarm_target": float(s["false_alarm"]), "n": len(clean), "flagged": flagged,
+        "false_alarm_rate": flagged / len(clean), "threshold": trapped.threshold,
+        "signature_images": "held-out images stamped with each trigger (n each)"}
+    return trapped
+
+
+def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, train_idx: torch.Tensor,
+         triggers: Triggers, s: dict[str, Any], gen: torch.Generator, dev: torch.device,
+         desc: str, val: tuple[torch.Tensor, ...]) -> list[dict[str, Any]]:
+    """The clean phase then the trapdoor phase (one Adam, as the reference's two fit calls);
+    returns one history row per epoch with held-out clean accuracy and trapdoor success."""
+    opt = torch.optim.Adam(model.parameters(), lr=float(s["lr"]))
+    b, n, k = s["batch_size"], len(train_idx), triggers.num_classes
+    steps = n // b + (1 if n % b > 1 else 0)  # a last batch of one image is dropped (BN)
+    phases = [("clean", s["clean_epochs"]), ("trap", s["trap_epochs"])]
+    bar = progress(total=steps * (s["clean_epochs"] + s["trap_epochs"]), desc=desc,
+                   unit="step")
+    history: list[dict[str, Any]] = []
+    try:
+        for phase, epochs in phases:
+            for epoch in range(epochs):
+                lr = float(s["lr"])
+                for start, value in sorted(s.get("lr_milestones", []), key=lambda m: m[0]):
+                    lr = float(value) if epoch >= start else lr
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                model.train()
+                order = train_idx[torch.randperm(n, generator=gen)]
+                tot, correct = 0.0, 0
+                for i in range(steps):
+                    idx = order[i * b:(i + 1) * b]
+                    xb, yb = x[idx], y[idx]
+                    if phase == "trap":
+                        inject = torch.rand(len(idx), generator=gen) < float(s["inject_ratio"])
+                        t = torch.randint(k, (len(idx),), generator=gen)
+                        xb = torch.where(inject[:, None, None, None], triggers.apply(xb, t), xb)
+                        yb = torch.where(inject, t, yb)
+                    xb, yb = xb.to(dev), yb.to(dev)
+                    logits = model(xb)
+                    loss = F.cross_entropy(logits, yb)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    tot += loss.item() * len(idx)
+                    correct += int((logits.argmax(1) == yb).sum())
+                    bar.update(1)
+                history.append({"phase": phase, "epoch": epoch + 1, "lr": lr,
+                                "loss": tot / n, "train_accuracy": correct / n,
+                                **_held_out(model, val, s["eval_batch_size"], dev)})
+    finally:
+        bar.close()
+    return history
+
+
+@torch.no_grad()
+def _held_out(model: nn.Module, val: tuple[torch.Tensor, ...], batch_size: int,
+              dev: torch.device) -> dict[str, float]:
+    x_val, y_val, x_trap, t_trap = val
+    model.eval()
+
+    def labels(xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat([model(xs[i:i + batch_size].to(dev)).argmax(1).cpu()
+                          for i in range(0, len(xs), batch_size)])
+
+    out = {"val_accuracy": (labels(x_val) == y_val).float().mean().item(),
+           "val_trapdoor_success": (labels(x_trap) == t_trap).float().mean().item()}
+    model.train()
+    return out
+
+
+@torch.no_grad()
+def evaluate_trapdoor(trapped: TrappedModel, x: torch.Tensor, y: torch.Tensor, *,
+                      batch_size: int = 1000) -> dict[str, Any]:
+    """Clean figures of a trapdoored model on labelled images x (N, C, H, W) in [0, 1], y
+    int64 (N,): ``accuracy``; ``false_alarm_rate`` (clean images flagged); for each label t,
+    ``trapdoor_success_per_label[t]`` (images of other labels stamped with trigger t and
+    classified t; None when there are none) and ``trigger_detection_per_label[t]`` (the same
+    images flagged), their means over labels (``trapdoor_success``, ``trigger_detection``)
+    and ``trapdoor_success_min``. Rates in [0, 1]; ``intervals``: Wilson 95% of the pooled
+    counts (``n_stamped`` images)."""
+    trapped.check(x)
+    if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != (len(x),):
+        raise LuringError(f"evaluation labels must be an int64 tensor of shape ({len(x)},)")
+    det = trapped.detect(x, batch_size)
+    n, yc = len(x), y.cpu()
+    counts = {"accuracy": int((det.labels == yc).sum()),
+              "false_alarm_rate": int(det.flagged.sum())}
+    succ, found, sizes = [], [], []
+    for t in range(trapped.triggers.num_classes):
+        others = x[yc != t]
+        d = trapped.detect(trapped.apply_trigger(others, t), batch_size) if len(others) else None
+        succ.append(int((d.labels == t).sum()) if d else 0)
+        found.append(int(d.flagged.sum()) if d else 0)
+        sizes.append(len(others))
+    per_s = [a / b for a, b in zip(succ, sizes, strict=True) if b]
+    per_f = [a / b for a, b in zip(found, sizes, strict=True) if b]
+    out: dict[str, Any] = {"n": n, **{k: v / n for k, v in counts.items()},
+                           "n_stamped": sum(sizes),
+                           "trapdoor_success_per_label": [a / b if b else None for a, b in
+                                                          zip(succ, sizes, strict=True)],
+                           "trigger_detection_per_label": [a / b if b else None for a, b in
+                                                           zip(found, sizes, strict=True)],
+                           "trapdoor_success": sum(per_s) / len(per_s),
+                           "trapdoor_success_min": min(per_s),
+                           "trigger_detection": sum(per_f) / len(per_f)}
+    out["intervals"] = {**{k: wilson_interval(v, n) for k, v in counts.items()},
+                        "trapdoor_success": wilson_interval(sum(succ), sum(sizes)),
+                        "trigger_detection": wilson_interval(sum(found), sum(sizes))}
+    return out
+
+
+def save_trapdoor(directory: str | os.PathLike, trapped: TrappedModel, *, dataset: str | None,
+                  classes: list[str] | None = None, clean: dict[str, Any] | None = None,
+                  config: dict[str, Any] | None = None, stage: Path | None = None) -> Path:
+    """Write the trapdoor defense directory for ``trapped`` (staged, then moved into place).
+    ``clean``: :func:`evaluate_trapdoor` on test images; ``config``: how the run was asked
+    for (``config.json``; default the settings); ``stage``: from
+    :func:`~luring.defense.deploy.staging_dir`. Returns the directory. A directory holding
+    another model's ``model.json`` (a target run directory) is refused, never overwritten."""
+    check_out(directory)
+    stage = stage if stage is not None else staging_dir(directory)
+    try:
+        _write_all(stage, trapped, dataset, classes, clean, config)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return publish(stage, directory)
+
+
+def check_out(directory: str | os.PathLike) -> None:
+    """Raise a LuringError when ``directory`` holds a ``model.json`` that is not a trapdoored
+    model's (e.g. a target run directory, whose M would be overwritten)."""
+    side = Path(directory) / "model.json"
+    if side.is_file():
+        meta = read_json(side)
+        if not (isinstance(meta, dict) and meta.get("method") == METHOD):
+            raise LuringError(f"{directory} holds another model ({side}); choose another --out "
+                              "for the trapdoor defense")
+
+
+def _write_all(d: Path, tm: TrappedModel, dataset: str | None, classes: list[str] | None,
+               clean: dict[str, Any] | None, config: dict[str, Any] | None) -> None:
+    m = tm.meta
+    s, shape, k = m["settings"], list(tm.input_shape), tm.triggers.num_classes
+    save_checkpoint(tm.model, d, "model", architecture=m["architecture"], input_shape=shape,
+                    classes=classes, num_classes=k, dataset=dataset,
+                    test_accuracy=(clean or {}).get("accuracy"), config=s, seed=m["seed"],
+                    arch_kwargs=m["arch_kwargs"], extra={"role": "trapdoored", "method": METHOD})
+    atomic_write_bytes(d / TENSORS, st_save({
+        "masks": tm.triggers.masks.contiguous(), "patterns": tm.triggers.patterns.contiguous(),
+        "signatures": tm.signatures.contiguous()}))
+    meta = {"format": FORMAT, "method": METHOD, "lambda": None, "target_dir": None,
+            "dataset": dataset, "config": s, "seed": m["seed"], "triggers": tm.triggers.params,
+            "threshold": tm.threshold, "calibration": m["calibration"], "clean": clean,
+            "detector": _detector(tm),
+            "selection": {"rule": "last", "epoch": s["clean_epochs"] + s["trap_epochs"]},
+            "history": m["history"], "signature_layer": m["signature_layer"],
+            "architecture": m["architecture"], "input_shape": shape, "num_classes": k,
+            "training_seconds": round(m["training_seconds"], 2), "versions": versions()}
+    results = {"format": "luring-defense-results/1", "method": METHOD, "dataset": dataset,
+               "clean": clean, "calibration": m["calibration"], "threshold": tm.threshold,
+               "training_seconds": meta["training_seconds"], "seed": m["seed"]}
+    atomic_write_json(d / "config.json", config if config is not None else s)
+    atomic_write_json(d / "results.json", results)
+    atomic_write_text(d / "report.md", _report(meta))
+    atomic_write_json(d / "defense.json", meta)
+
+
+def _detector(tm: TrappedModel) -> dict[str, Any]:
+    """The operating point in the field names of the other defenses' ``detector``."""
+    cal = tm.meta["calibration"]
+    return {"rule": "trapdoor-cosine", "threshold": tm.threshold,
+            "target_fpr": cal["false_alarm_target"], "heldout_fpr": cal["false_alarm_rate"],
+            "heldout_k": cal["flagged"], "n": cal["n"], "split": "held-out training images"}
+
+
+def _report(meta: dict[str, Any]) -> str:
+    s, cal, c = meta["config"], meta["calibration"], meta.get("clean")
+    lines = [f"# Defense: trapdoor on {meta['dataset']}", "",
+             f"- model: {meta['architecture']} trained from scratch ({s['profile']} profile): "
+             f"{s['clean_epochs']} clean + {s['trap_epochs']} trapdoor epochs, batch "
+             f"{s['batch_size']}, Adam lr {s['lr']:g}"
+             + "".join(f" (from epoch {e + 1} of a phase: {v:g})" for e, v in s["lr_milestones"])
+             + f", injection ratio {s['inject_ratio']:g}, "
+             f"seed {meta['seed']}, {meta['training_seconds']:.1f} s",
+             f"- triggers: {s['squares']} squares of {s['square_size']}x{s['square_size']} "
+             f"pixels per label, mask ratio {s['mask_ratio']:g}",
+             f"- signatures at the {meta['signature_layer']}; threshold {meta['threshold']:.4f} "
+             f"(held-out false alarms {100 * cal['false_alarm_rate']:.1f}%, target "
+             f"{100 * cal['false_alarm_target']:.1f}%, n = {cal['n']})", ""]
+    if c:
+        lines += [f"## Test images (n = {c['n']})", "", "| figure | value |", "|---|---|",
+                  f"| clean accuracy | {100 * c['accuracy']:.1f}% |",
+                  f"| clean false alarms | {100 * c['false_alarm_rate']:.1f}% |",
+                  f"| trapdoor success (mean over labels) | {100 * c['trapdoor_success']:.1f}% |",
+                  f"| trapdoor success (worst label) | {100 * c['trapdoor_success_min']:.1f}% |",
+                  f"| stamped images flagged | {100 * c['trigger_detection']:.1f}% |"]
+    return "\n".join(lines) + "\n"
+
+
+def load_trapdoor(directory: str | os.PathLike,
+                  device: str | torch.device = "cpu") -> TrappedModel:
+    """Load a trapdoor defense directory written by :func:`save_trapdoor`. Raises a one-line
+    LuringError when it is missing, of another format or method, or inconsistent."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise LuringError(f"defense directory {d} does not exist; train one with "
+                          "`luring train-defense --method trapdoor`")
+    meta = read_json(d / "defense.json") if (d / "defense.json").exists() else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise LuringError(f"{d} is not a defense directory (defense.json with format "
+                          f"{FORMAT!r} expected)")
+    if meta.get("method") != METHOD:
+        raise LuringError(f"{d} holds a {meta.get('method')!r} defense, not a trapdoor one; "
+                          "load it with luring.defense.load")
+    dev = resolve_device(device)
+    model, mmeta = load_checkpoint(d, "model", device=dev)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    tensors = load_state_dict_file(d / TENSORS)
+    shape = tuple(int(v) for v in mmeta["input_shape"])
+    k = int(mmeta.get("num_classes") or 0)
+    masks, patterns, sigs = (tensors.get(n) for n in ("masks", "patterns", "signatures"))
+    width = penultimate_layer(model)[1].in_features
+    threshold = meta.get("threshold")
+    if masks is None or patterns is None or sigs is None \
+            or tuple(masks.shape) != (k, *shape) or tuple(patterns.shape) != (k, *shape) \
+            or tuple(sigs.shape) != (k, width):
+        raise LuringError(f"{d / TENSORS} does not match the model: masks and patterns "
+                          f"({k}, {', '.join(map(str, shape))}) and signatures ({k}, {width}) "
+                          "expected; retrain the defense")
+    if not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        raise LuringError(f"{d / 'defense.json'} has no finite threshold; retrain the defense")
+    triggers = Triggers(masks.float(), patterns.float(), dict(meta.get("triggers") or {}))
+    info = {"settings": meta.get("config"), "seed": meta.get("seed"),
+            "history": meta.get("history"), "calibration": meta.get("calibration"),
+            "architecture": mmeta["architecture"], "arch_kwargs": mmeta.get("arch_kwargs"),
+            "num_classes": k, "signature_layer": meta.get("signature_layer"),
+            "training_seconds": meta.get("training_seconds"), "defense": meta, "directory": d}
+    return TrappedModel(model.eval(), triggers, sigs, float(threshold), info, shape, dev)
+
+
+def build_trapdoor(out: str | os.PathLike, x_train: torch.Tensor, y_train: torch.Tensor,
+                   test: tuple[torch.Tensor, torch.Tensor], *, settings: dict[str, Any],
+                   family: str, dataset: str, classes: list[str] | None = None, seed: int = 0,
+                   device: str | torch.device = "cpu", config: dict[str, Any] | None = None,
+                   stage: Path | None = None, desc: str = "train-defense trapdoor"
+                   ) -> tuple[Path, TrappedModel, dict[str, Any]]:
+    """Train (:func:`~luring.defense.trapdoor.train_trapdoor`, labelled images x_train
+    (N, C, H, W) in [0, 1], y_train int64 (N,)), evaluate on ``test`` = (images, int64 labels)
+    and write the directory ``out``. Returns (directory, trapped model, clean figures)."""
+    check_out(out)
+    check_images(test[0], name="test images")
+    if not isinstance(test[1], torch.Tensor) or test[1].dtype != torch.int64 \
+            or test[1].shape != (len(test[0]),):
+        raise LuringError(f"test labels must be an int64 tensor of shape ({len(test[0])},)")
+    num_classes = len(classes) if classes else None
+    trapped = train_trapdoor(x_train, y_train, family=family, settings=settings,
+                             num_classes=num_classes, seed=seed, device=device, desc=desc)
+    clean = evaluate_trapdoor(trapped, *test, batch_size=settings["eval_batch_size"])
+    path = save_trapdoor(out, trapped, dataset=dataset, classes=classes, clean=clean,
+                         config=config, stage=stage)
+    return path, trapped, clean
