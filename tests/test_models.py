@@ -139,8 +139,14 @@ def test_pgd_training_step_respects_ball(trained_mnist_target):
 def test_settings_defaults_and_overrides():
     s = target_settings("cifar10")
     assert (s.epochs, s.batch_size, s.milestones) == (200, 32, (80, 120))
+    assert (s.lrs, s.dropout, s.rotation_deg, s.shift) == ((1e-2, 1e-3, 1e-4), 0.25, 10.0, 5 / 32)
     s = target_settings("mnist", adv_train=True, epochs=2, lr=5e-4)
-    assert (s.adv_eps, s.adv_steps, s.epochs, s.lrs) == (0.3, 40, 2, (5e-4,))
+    assert (s.adv_eps, s.adv_steps, s.adv_step_size, s.epochs, s.lrs) == (
+        0.3, 40, 0.1, 2, (5e-4,))  # H.2: 40 steps of 0.1 at ε = 0.3
+    for family in ("svhn", "cifar10"):
+        s = target_settings(family, adv_train=True)
+        assert (s.adv_eps, s.adv_steps, s.adv_step_size) == (0.03, 10, 0.008)
+    assert target_settings("mnist", adv_train=True, adv_step_size=0.01).adv_step_size == 0.01
 
 
 def _run(capsys, *argv):
@@ -166,7 +172,7 @@ def test_train_target_cli_small(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["train-target", "--dataset", "imagenet", "--out", "X"], "unknown data set"),
+    (["train-target", "--dataset", "no-such-set", "--out", "X"], "unknown data set"),
     (["train-target", "--epochs", "-1", "--out", "X"], "must be ≥ 0"),
     (["train-target", "--adv-eps", "1.5", "--out", "X"], "[0, 1]"),
     (["train-target", "--arch", "resnet", "--epochs", "0", "--out", "X"],

@@ -1,5 +1,8 @@
 """``luring train-target``: train a target classifier M on a data set (paper appendix A),
-optionally with PGD adversarial training, into a run directory."""
+optionally with PGD adversarial training, into a run directory. ``luring import-target``:
+turn a user's own weights (safetensors or ``.pth``, e.g. torchvision's MobileNetV2 for
+ImageNet, paper H.1) into a target directory of the same layout, with the test accuracy it
+measures."""
 
 from __future__ import annotations
 
@@ -31,6 +34,93 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace a model already in --out")
     add_common(p, out_help="run directory to write the model into")
     p.set_defaults(handler=run)
+    _register_import(sub)
+
+
+_MOBILENETS = ("mobilenetv2", "imagenet-target")
+
+
+def _register_import(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "import-target", help="turn your own weights into a target directory",
+        description="Load a weights file into a registered architecture, measure its test "
+        "accuracy on the data set and write model.safetensors + model.json (with the accuracy "
+        "and n), config.json, results.json and report.md into --out: a target directory for "
+        "train-defense, attack and reproduce --target. Weights: .safetensors, or .pth/.pt "
+        "read with torch.load(weights_only=True) (no code is unpickled). Example: "
+        "torchvision's MobileNetV2 ImageNet weights with --dataset imagenet.")
+    p.add_argument("--dataset", required=True,
+                   help="data set name (e.g. imagenet, imagefolder, imagefolder-64x48)")
+    p.add_argument("--data-dir", default=None, help="data root (default $LURING_DATA or cache); "
+                   "for imagefolder the folder holding train/ and test/")
+    p.add_argument("--arch", default=None, help="architecture (default: the data set's "
+                   "target; mobilenetv2 for image folders)")
+    p.add_argument("--weights", required=True, help="weights file (.safetensors, .pth, .pt)")
+    p.add_argument("--image-size", default=None, metavar="HxW",
+                   help="imagefolder only: the size images are read at (default 224x224)")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                   help="imagefolder only: 1 (grey) or 3 (RGB, default)")
+    p.add_argument("--normalize", default=None, choices=["imagenet", "symmetric", "none"],
+                   help="MobileNetV2 only: input normalisation inside the model: imagenet "
+                   "(mean/std, what torchvision's weights expect; default), symmetric "
+                   "([-1, 1], the paper's H.1 and Keras' weights) or none")
+    p.add_argument("--images", type=pos_int, default=None,
+                   help="measure the accuracy on a seeded random subset of N test images "
+                   "(default: all)")
+    p.add_argument("--batch-size", type=pos_int, default=64, help="evaluation batch size")
+    p.add_argument("--workers", type=nonneg_int, default=0,
+                   help="image-decoding worker processes (default 0: in this process)")
+    p.add_argument("--force", action="store_true", help="replace a model already in --out")
+    add_common(p, out_help="target directory to write")
+    p.set_defaults(handler=run_import)
+
+
+def _dataset_name(dataset: str, image_size: str | None, channels: int | None) -> str:
+    """``dataset``, with ``--image-size``/``--channels`` folded into an imagefolder name."""
+    from luring.data import get_spec, imagefolder_name
+    from luring.errors import LuringError
+
+    spec = get_spec(dataset)
+    if image_size is None and channels is None:
+        return dataset
+    if spec.family != "imagefolder":
+        raise LuringError(f"--image-size and --channels apply to imagefolder data sets, not "
+                          f"{dataset} (its images are {'×'.join(map(str, spec.shape))})")
+    h, w = spec.shape[1:]
+    if image_size is not None:
+        parts = image_size.lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise LuringError(f"--image-size must be HxW, e.g. 64x48, got {image_size!r}")
+        h, w = int(parts[0]), int(parts[1])
+    name = imagefolder_name((channels or spec.shape[0], h, w))
+    if dataset != "imagefolder" and name != dataset:
+        raise LuringError(f"--dataset {dataset} and --image-size/--channels disagree; pass "
+                          f"--dataset imagefolder with the options, or --dataset {name}")
+    return name
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from luring.data import get_spec
+    from luring.errors import LuringError
+    from luring.models import default_architectures
+    from luring.models.importing import import_target
+
+    dataset = _dataset_name(args.dataset, args.image_size, args.channels)
+    spec = get_spec(dataset)
+    arch = args.arch or default_architectures(spec.family, spec.shape)[0]
+    kwargs = {}
+    if arch in _MOBILENETS:
+        kwargs["normalize"] = args.normalize or "imagenet"
+    elif args.normalize is not None:
+        raise LuringError(f"--normalize applies to MobileNetV2 ({', '.join(_MOBILENETS)}), "
+                          f"not {arch}")
+    info = import_target(dataset, args.weights, args.out, arch=arch, arch_kwargs=kwargs,
+                         data_dir=args.data_dir, images=args.images, seed=args.seed,
+                         device=args.device, batch_size=args.batch_size,
+                         workers=args.workers, force=args.force)
+    print(f"test accuracy {info['test_accuracy']:.4f} (n={info['n_test']}) of {arch} on "
+          f"{dataset} → {info['out']}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
-"""Target models M and defense components P: the paper's architectures, safe checkpoints and
-target training (also PGD adversarial training)."""
+"""Target models M and defense components P: the paper's architectures (also MobileNetV2 and
+the table-15 P for ImageNet), a default P for any image size, safe checkpoints, target
+training (also PGD adversarial training) and the import of a user's own weights."""
 
 from luring.models.architectures import (
     ARCHITECTURES,
@@ -8,6 +9,8 @@ from luring.models.architectures import (
     arch_spec,
     build,
     default_architectures,
+    default_component,
+    default_component_arch,
 )
 from luring.models.checkpoint import (
     load_checkpoint,
@@ -16,6 +19,8 @@ from luring.models.checkpoint import (
     read_sidecar,
     save_checkpoint,
 )
+from luring.models.importing import import_target, read_weights
+from luring.models.mobilenet import MobileNetV2
 from luring.models.predict import predict_labels, predict_logits
 
 __all__ = [
@@ -25,6 +30,11 @@ __all__ = [
     "arch_spec",
     "build",
     "default_architectures",
+    "default_component",
+    "default_component_arch",
+    "MobileNetV2",
+    "import_target",
+    "read_weights",
     "load_checkpoint",
     "load_state_dict_file",
     "load_weights_into",

@@ -1,19 +1,28 @@
 """The paper's architectures (appendix A, tables 2-4: targets M; appendix B, tables 5-7:
-defense components P) and a name → constructor registry.
+defense components P; appendix H.1: MobileNetV2 and the table-15 P for ImageNet), a default
+P for any image size, and a name → constructor registry.
 
 Every model takes float32 NCHW images in [0, 1]. Targets return logits of shape (N, classes);
 components return images of the input's shape in (0, 1) (sigmoid output).
+
+Besides the names in :data:`ARCHITECTURES`, :func:`arch_spec` and :func:`build` accept
+``default-component-HxW`` (e.g. ``default-component-64x48``): the
+:class:`~luring.models.components.DefaultComponent` planned for H×W images, the component
+:func:`default_architectures` picks for data sets the paper does not cover.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from luring.errors import LuringError, lookup
+from luring.errors import LuringError
+from luring.models.components import DefaultComponent
+from luring.models.mobilenet import MobileNetV2
 
 __all__ = [
     "ArchSpec",
@@ -22,6 +31,8 @@ __all__ = [
     "arch_spec",
     "default_architectures",
     "Stacked",
+    "default_component",
+    "default_component_arch",
 ]
 
 
@@ -139,6 +150,11 @@ class VggComponent(nn.Module):
 
 _SVHN_P = (128, "P", 256, "P", 512, 1024, "P", "D", 512, 512, "U", 256, "U", 128, "U", 64)
 _CIFAR_P = (128, 256, "P", 512, 1024, "D", 512, 512, 256, "U", 128, 64)
+# Table 15 (ImageNet) lists three MaxPool but two UpSampling layers, which would return
+# 112×112 images for 224×224 inputs; a third UpSampling before the final Conv(3) restores the
+# input size (every listed layer keeps the resolution the table implies). Dropout (off by
+# default) at the 28×28 bottleneck. H and W must be multiples of 8.
+_IMAGENET_P = (128, "P", 256, "P", 512, "P", "D", 512, 256, "U", 128, "U", 64, "U")
 
 
 class Stacked(nn.Module):
@@ -156,7 +172,8 @@ class Stacked(nn.Module):
 @dataclass(frozen=True)
 class ArchSpec:
     """A registered architecture: its role (``target`` or ``component``), the input shape it
-    accepts (C, H, W) and its constructor ``make(in_channels, num_classes, **kw)``."""
+    accepts (C, H, W; the typical one for size-agnostic models), its constructor
+    ``make(in_channels, num_classes, **kw)``, the paper's table (0: none) and a description."""
 
     name: str
     role: str
@@ -186,6 +203,15 @@ ARCHITECTURES: dict[str, ArchSpec] = {
         ArchSpec("cifar10-component", "component", (3, 32, 32),
                  lambda c=3, k=None, **kw: VggComponent(_CIFAR_P, c, **kw), 7,
                  "conv-BN-ReLU encoder/decoder"),
+        ArchSpec("imagenet-target", "target", (3, 224, 224),
+                 lambda c=3, k=1000, **kw: MobileNetV2(c, k, **kw), 0,
+                 "MobileNetV2 (appendix H.1), torchvision's parameter names"),
+        ArchSpec("mobilenetv2", "target", (3, 224, 224),
+                 lambda c=3, k=1000, **kw: MobileNetV2(c, k, **kw), 0,
+                 "MobileNetV2, any input size; same as imagenet-target"),
+        ArchSpec("imagenet-component", "component", (3, 224, 224),
+                 lambda c=3, k=None, **kw: VggComponent(_IMAGENET_P, c, **kw), 15,
+                 "conv-BN-ReLU encoder/decoder, 28x28 bottleneck"),
     ]
 }
 
@@ -194,12 +220,41 @@ _DEFAULTS = {
     "mnist": ("mnist-target", "mnist-component"),
     "svhn": ("svhn-target", "svhn-component"),
     "cifar10": ("cifar10-target", "cifar10-component"),
+    "imagenet": ("imagenet-target", "imagenet-component"),
 }
+
+_DEFAULT_COMPONENT = re.compile(r"default-component-([1-9][0-9]*)x([1-9][0-9]*)")
+
+
+def default_component_arch(shape: Sequence[int]) -> str:
+    """The architecture name of the default P for images of ``shape`` (C, H, W) or (H, W):
+    ``default-component-HxW``."""
+    h, w = (int(v) for v in tuple(shape)[-2:])
+    return f"default-component-{h}x{w}"
+
+
+def default_component(in_channels: int, height: int, width: int,
+                      dropout: float = 0.0) -> nn.Module:
+    """The default P for C×H×W images (randomly initialised, train mode): the paper's
+    encoder-decoder scaled to the input (see :mod:`luring.models.components`). Output
+    (N, C, H, W) in (0, 1)."""
+    return DefaultComponent(in_channels, (height, width), dropout=dropout)
 
 
 def arch_spec(name: str) -> ArchSpec:
-    """The registered :class:`ArchSpec` for ``name``; a LuringError lists the known names."""
-    return lookup(ARCHITECTURES, name, "architecture")
+    """The :class:`ArchSpec` for ``name``: a registered one or ``default-component-HxW``;
+    an unknown name is a LuringError listing the known names."""
+    m = _DEFAULT_COMPONENT.fullmatch(name) if isinstance(name, str) else None
+    if m and name not in ARCHITECTURES:
+        h, w = int(m.group(1)), int(m.group(2))
+        return ArchSpec(name, "component", (3, h, w),
+                        lambda c=3, k=None, **kw: DefaultComponent(c, (h, w), **kw), 0,
+                        f"default encoder/decoder planned for {h}x{w} images")
+    if name not in ARCHITECTURES:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise LuringError(f"unknown architecture {name!r}; choose one of: {known}, or "
+                          "default-component-HxW")
+    return ARCHITECTURES[name]
 
 
 def build(name: str, in_channels: int | None = None, num_classes: int = 10,
@@ -210,10 +265,14 @@ def build(name: str, in_channels: int | None = None, num_classes: int = 10,
     return spec.make(c, num_classes, **kwargs)
 
 
-def default_architectures(family: str) -> tuple[str, str]:
+def default_architectures(family: str, shape: Sequence[int] | None = None) -> tuple[str, str]:
     """(target, component) architecture names for a data set family: ``mnist`` (also
-    Fashion-MNIST and mnist-5k), ``svhn`` or ``cifar10``."""
-    try:
+    Fashion-MNIST and mnist-5k), ``svhn``, ``cifar10`` or ``imagenet`` (the paper's). For any
+    other family (e.g. ``imagefolder``) ``shape`` (C, H, W) chooses: ``mobilenetv2`` (any
+    size) and ``default-component-HxW``; without a shape that is a LuringError."""
+    if family in _DEFAULTS:
         return _DEFAULTS[family]
-    except KeyError:
-        raise LuringError(f"no default architectures for data set family {family!r}") from None
+    if shape is not None:
+        return "mobilenetv2", default_component_arch(shape)
+    raise LuringError(f"no default architectures for data set family {family!r}; pass the "
+                      "image shape or choose the architectures explicitly")
