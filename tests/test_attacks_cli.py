@@ -37,7 +37,7 @@ def run(argv: list[str]) -> int:
 def test_attack_cli_end_to_end(source_dir, tmp_path, capsys):
     out = tmp_path / "adv"
     code = run(["attack", "--source", str(source_dir), "--attack", "mim", "--eps", "0.3",
-                "--steps", "5", "--alpha", "0.06", "--n", "20", "--out", str(out),
+                "--steps", "5", "--alpha", "0.06", "--images", "20", "--out", str(out),
                 "--device", "cpu", "--batch-size", "8", "--seed", "1"])
     assert code == 0
     assert "success rate" in capsys.readouterr().out
@@ -58,6 +58,29 @@ def test_attack_cli_end_to_end(source_dir, tmp_path, capsys):
     assert not list(out.glob(".*.tmp"))
 
 
+def test_attack_cli_transfer_attack_margin_bpda_and_n_alias(source_dir, tmp_path):
+    out = tmp_path / "vni"
+    assert run(["attack", "--source", str(source_dir), "--attack", "vni-fgsm", "--eps", "0.3",
+                "--steps", "2", "--neighbors", "2", "--beta", "1.0", "--loss", "margin",
+                "--kappa", "2", "--bpda", "--p", "0.5", "--n", "3", "--out", str(out),
+                "--device", "cpu"]) == 0
+    meta = json.loads((out / "attack.json").read_text())
+    p = meta["params"]
+    assert meta["attack"] == "vni-fgsm" and meta["class"] == "VNIFGSM" and meta["n"] == 3
+    assert (p["loss"], p["kappa"], p["grad_model"], p["neighbors"], p["beta"], p["p"]) == (
+        "margin", 2.0, "BPDA", 2, 1.0, 0.5)
+    assert p["alpha"] == pytest.approx(0.15) and meta["bpda"] is True
+    # 2 steps x (1 + 2 neighbours) gradient evaluations of 3 images, + the label query
+    assert meta["n_backward"] == 6 and meta["n_queries"] == 3 * 7
+    out = tmp_path / "si"
+    assert run(["attack", "--source", str(source_dir), "--attack", "si-ni-fgsm", "--eps", "0.2",
+                "--steps", "1", "--scales", "2", "--images", "2", "--out", str(out),
+                "--device", "cpu"]) == 0
+    meta = json.loads((out / "attack.json").read_text())
+    assert meta["params"]["scales"] == 2 and meta["params"]["loss"] == "ce"
+    assert meta["bpda"] is False and meta["n_backward"] == 2
+
+
 def test_attack_cli_defense_source(trained_mnist_target, tmp_path, monkeypatch):
     # a stand-in for luring.defense with its announced API: load(DIR, device).augmented
     calls = []
@@ -72,8 +95,8 @@ def test_attack_cli_defense_source(trained_mnist_target, tmp_path, monkeypatch):
     (src / "defense.json").write_text(json.dumps({"format": "luring-defense/1",
                                                   "dataset": "mnist-5k"}))
     out = tmp_path / "out"
-    assert run(["attack", "--source", str(src), "--attack", "fgsm", "--eps", "0.2", "--n", "4",
-                "--out", str(out), "--device", "cpu"]) == 0
+    assert run(["attack", "--source", str(src), "--attack", "fgsm", "--eps", "0.2",
+                "--images", "4", "--out", str(out), "--device", "cpu"]) == 0
     assert calls == [(src, "cpu")]
     meta = json.loads((out / "attack.json").read_text())
     assert meta["source_kind"] == "defense" and meta["dataset"] == "mnist-5k"
@@ -82,13 +105,13 @@ def test_attack_cli_defense_source(trained_mnist_target, tmp_path, monkeypatch):
 def test_attack_cli_dataset_defaults_and_eco(source_dir, tmp_path):
     out = tmp_path / "eco"
     assert run(["attack", "--source", str(source_dir), "--attack", "eco", "--eps", "0.3",
-                "--max-queries", "30", "--n", "3", "--out", str(out), "--device", "cpu"]) == 0
+                "--max-queries", "30", "--images", "3", "--out", str(out), "--device", "cpu"]) == 0
     meta = json.loads((out / "attack.json").read_text())
     assert meta["params"]["block_size"] == 2                   # paper's MNIST block size
     assert meta["queries"] == [30, 30, 30] and meta["n_queries"] == 90
     out = tmp_path / "l2"
     assert run(["attack", "--source", str(source_dir), "--attack", "mim-l2", "--eps", "0.3",
-                "--steps", "1", "--n", "2", "--out", str(out), "--device", "cpu"]) == 0
+                "--steps", "1", "--images", "2", "--out", str(out), "--device", "cpu"]) == 0
     assert json.loads((out / "attack.json").read_text())["params"]["eps_l2"] == 30.0
 
 
@@ -96,23 +119,29 @@ def test_attack_cli_dataset_defaults_and_eco(source_dir, tmp_path):
     (["--attack", "nope"], "unknown attack 'nope'"),
     (["--eps", "1.5"], "must be in [0, 1]"),
     (["--eps", "-0.1"], "must be in [0, 1]"),
-    (["--n", "5000"], "larger than the mnist-5k test set"),
+    (["--images", "5000"], "--images 5000 is larger than the mnist-5k test set"),
+    (["--n", "5000"], "pass --images 1000 or less"),
+    (["--loss", "hinge", "--attack", "mim"], "unknown loss 'hinge'"),
+    (["--kappa", "-1", "--attack", "mim"], "must be a finite number ≥ 0"),
+    (["--kappa", "1", "--attack", "mim"], "pass --loss margin with it"),
+    (["--bpda", "", "--attack", "spsa"], "--bpda does not apply to spsa"),
+    (["--scales", "3", "--attack", "mim"], "--scales does not apply to mim"),
     (["--mu", "0.5", "--attack", "spsa"], "--mu does not apply to spsa"),
     (["--samples", "3", "--attack", "spsa"], "samples must be even"),
 ])
 def test_attack_cli_errors(args, message, source_dir, tmp_path, capsys):
-    base = {"--source": str(source_dir), "--attack": "fgsm", "--eps": "0.1", "--n": "2",
+    base = {"--source": str(source_dir), "--attack": "fgsm", "--eps": "0.1", "--images": "2",
             "--out": str(tmp_path / "o"), "--device": "cpu"}
     for flag, value in zip(args[::2], args[1::2], strict=True):
         base[flag] = value
-    argv = ["attack"] + [s for kv in base.items() for s in kv]
+    argv = ["attack"] + [s for kv in base.items() for s in kv if s != ""]
     assert run(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_attack_cli_bad_source_and_out(source_dir, tmp_path, capsys):
-    common = ["--attack", "fgsm", "--eps", "0.1", "--n", "2", "--device", "cpu"]
+    common = ["--attack", "fgsm", "--eps", "0.1", "--images", "2", "--device", "cpu"]
     assert run(["attack", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
                 *common]) == 2
     assert "is not a directory" in capsys.readouterr().err
@@ -139,7 +168,7 @@ def test_attack_cli_subprocess_error_is_one_line(tmp_path):
         p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run(
         [sys.executable, "-m", "luring.cli.main", "attack", "--source", str(tmp_path / "none"),
-         "--attack", "pgd", "--eps", "0.3", "--n", "1", "--out", str(tmp_path / "o")],
+         "--attack", "pgd", "--eps", "0.3", "--images", "1", "--out", str(tmp_path / "o")],
         capture_output=True, text=True, timeout=120, cwd=root, env=env)
     assert proc.returncode == 2
     assert proc.stderr.startswith("luring: error:") and proc.stderr.count("\n") == 1

@@ -1,5 +1,6 @@
 """luring.attacks on tiny models: the shared contract (bounds, inputs untouched, batching,
-seeds, counting, validation) and the gradient family (FGSM, PGD, MIM, DI, TI)."""
+seeds, counting, validation) and the gradient family (FGSM, PGD, MIM, DI, TI, and the
+transfer attacks NI, SI-NI, VMI, VNI, plain and with the margin loss / BPDA)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,15 @@ from luring.attacks import (
     FGSM,
     MIM,
     MIMTI,
+    NIFGSM,
     PGD,
+    SINIFGSM,
     SPSA,
+    VMIFGSM,
+    VNIFGSM,
+    DiverseInput,
     GaussianSmoothing,
+    bpda,
     create,
     diverse_input,
     enforce_bounds,
@@ -69,8 +76,16 @@ FACTORIES = {
     "spsa": lambda m, eps, **kw: SPSA(m, eps=eps, steps=3, samples=8, chunk_size=4, **kw),
     "eco": lambda m, eps, **kw: ECO(m, eps=eps, max_queries=40, block_size=4, **kw),
     "cw-l2": lambda m, eps, **kw: CWL2(m, eps=eps, steps=8, binary_steps=2, **kw),
+    "ni-fgsm": lambda m, eps, **kw: NIFGSM(m, eps=eps, steps=5, alpha=0.05, **kw),
+    "si-ni-fgsm": lambda m, eps, **kw: SINIFGSM(m, eps=eps, steps=4, alpha=0.05, scales=3,
+                                                 **kw),
+    "vmi-fgsm": lambda m, eps, **kw: VMIFGSM(m, eps=eps, steps=4, alpha=0.05, neighbors=3,
+                                             **kw),
+    "vni-fgsm": lambda m, eps, **kw: VNIFGSM(m, eps=eps, steps=4, alpha=0.05, neighbors=3,
+                                             p=0.5, kernel_size=3, loss="margin", kappa=1.0,
+                                             grad_model=bpda(m), **kw),
 }
-RANDOM = {"pgd", "dim", "dim-ti", "spsa", "eco"}
+RANDOM = {"pgd", "dim", "dim-ti", "spsa", "eco", "vmi-fgsm", "vni-fgsm"}
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
@@ -245,6 +260,25 @@ def test_diverse_input_matches_resize_and_pad(channels):
     assert torch.equal(out[2], x[2])                 # not applied: identity
     (g,) = torch.autograd.grad(out.sum(), x)
     assert g.abs().sum() > 0                         # gradient flows through the transform
+
+
+def test_di_offset_is_drawn_below_the_shrink():
+    # issue #11: the padding before the shrunk image is in {0, ..., shrink-1} (Xie et al.'s
+    # and the authors' randint(0, shrink)); read it off the zero rows and columns of ones
+    n = 400
+    di = DiverseInput(1.0)
+    di.setup(n, 1, 0, 0, torch.device("cpu"))
+    out = di(torch.ones(n, 1, 8, 8), 0)
+    rows, cols = out[:, 0].amax(2) == 0, out[:, 0].amax(1) == 0            # (n, 8) empty lines
+    for empty in (rows, cols):
+        shrink = empty.sum(1)
+        before = empty.long().cumprod(1).sum(1)                           # leading empty lines
+        assert set(shrink.tolist()) == {1, 2}
+        assert (before < shrink).all()                                    # never `shrink`
+        assert (before[shrink == 1] == 0).all()
+        two = before[shrink == 2].float()
+        assert 0.35 < float(two.mean()) < 0.65                            # 0 and 1 both drawn
+    assert (rows.sum(1) == cols.sum(1)).all()                             # square shrink
 
 
 def test_dim_p0_is_mim_and_variants_compose():

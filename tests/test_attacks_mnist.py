@@ -15,8 +15,13 @@ from luring.attacks import (
     FGSM,
     MIM,
     MIMTI,
+    NIFGSM,
     PGD,
+    SINIFGSM,
     SPSA,
+    VMIFGSM,
+    VNIFGSM,
+    bpda,
     default_settings,
     worst_case_search,
 )
@@ -27,7 +32,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 EPS = 0.4
 # name → (number of test images, factory). Gradient attacks: 10 steps of 0.05 (reaches the
-# corner of the 0.4-ball); the query attacks and CW run on fewer images to keep CPU time low.
+# corner of the 0.4-ball); the query attacks, CW and the transfer attacks with several
+# gradient evaluations per step (SI's copies, VT's neighbours) run on fewer images to keep
+# CPU time low.
 CONFIGS = {
     "fgsm": (100, lambda m: FGSM(m, eps=EPS)),
     "pgd": (100, lambda m: PGD(m, eps=EPS, steps=10, alpha=0.05)),
@@ -39,6 +46,12 @@ CONFIGS = {
     "spsa": (32, lambda m: SPSA(m, eps=EPS, steps=30, samples=16)),
     "eco": (32, lambda m: ECO(m, eps=EPS, max_queries=150, block_size=4)),
     "cw-l2": (32, lambda m: CWL2(m, steps=30, binary_steps=4)),
+    "mim-margin-bpda": (100, lambda m: MIM(m, eps=EPS, steps=10, alpha=0.05, loss="margin",
+                                           kappa=5.0, grad_model=bpda(m))),
+    "ni-fgsm": (100, lambda m: NIFGSM(m, eps=EPS, steps=10, alpha=0.05)),
+    "si-ni-fgsm": (40, lambda m: SINIFGSM(m, eps=EPS, steps=10, alpha=0.05, scales=3)),
+    "vmi-fgsm": (32, lambda m: VMIFGSM(m, eps=EPS, steps=8, alpha=0.05, neighbors=3)),
+    "vni-fgsm": (32, lambda m: VNIFGSM(m, eps=EPS, steps=8, alpha=0.05, neighbors=3)),
 }
 
 

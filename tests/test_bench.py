@@ -37,9 +37,10 @@ def test_tiny_run_writes_complete_json(tmp_path, monkeypatch, capsys):
     assert env["threads"] == cfg.threads == 1  # tiny pins one thread ...
     assert torch.get_num_threads() == threads  # ... and restores the caller's
     # raw timings of every repetition, throughputs and their statistics
+    transfer = ("nifgsm", "sinifgsm", "vmifgsm", "vnifgsm")
     expected = {"bare_fwd_bwd_m", "bare_fwd_bwd_t", "bare_loop", "pgd", "mim", "dimti", "spsa",
                 "bare_forward_spsa", "eco", "bare_forward_eco", "train_p", "bare_step_p",
-                "train_m", "bare_step_m"}
+                "train_m", "bare_step_m", *transfer}
     assert set(res["contenders"]) == expected
     for c in res["contenders"].values():
         assert len(c["seconds"]) == len(c["throughput"]) == cfg.reps
@@ -48,11 +49,17 @@ def test_tiny_run_writes_complete_json(tmp_path, monkeypatch, capsys):
         assert s["min"] <= s["median"] <= s["max"]
     # ratios: per repetition, positive and finite, with targets
     for key in ("pgd_vs_loop", "mim_vs_loop", "dimti_vs_loop", "spsa_vs_forward",
-                "eco_vs_forward", "train_p_vs_step", "train_m_vs_step"):
+                "eco_vs_forward", "train_p_vs_step", "train_m_vs_step",
+                *(f"{t}_vs_loop" for t in transfer)):
         r = res["ratios"][key]
         assert len(r["per_rep"]) == cfg.reps
         assert all(_finite_positive(v) for v in r["per_rep"])
     assert res["ratios"]["pgd_vs_loop"]["target"] == 0.9
+    assert all(res["ratios"][f"{t}_vs_loop"]["target"] == 0.9 for t in transfer)
+    # work = images x gradient evaluations: SI's 5 copies, VT's 1 + 20 per iteration
+    per_run = {"mim": 1, "nifgsm": 1, "sinifgsm": 5, "vmifgsm": 21, "vnifgsm": 21}
+    for name, evals in per_run.items():
+        assert res["contenders"][name]["work"] == [2 * cfg.batch * cfg.steps * evals] * cfg.reps
     assert isinstance(res["ratios"]["pgd_vs_loop"]["pass"], bool)
     # SPSA queries counted by the attack equal the bare forward's images
     assert res["contenders"]["spsa"]["work"] == res["contenders"]["bare_forward_spsa"]["work"]
@@ -62,7 +69,7 @@ def test_tiny_run_writes_complete_json(tmp_path, monkeypatch, capsys):
     inter = res["interleaving"]
     assert inter["interleaved"] is True
     groups = inter["groups"]
-    assert ["bare_loop", "pgd", "mim", "dimti"] in groups
+    assert ["bare_loop", "pgd", "mim", "dimti", *transfer] in groups
     assert ["spsa", "bare_forward_spsa"] in groups
     assert inter["orders"][0] != inter["orders"][1]
     assert len(inter["events"]) == 2 * cfg.reps * len(expected)

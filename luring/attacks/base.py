@@ -237,6 +237,10 @@ class Attack:
     def _end(self) -> None:
         """Called once per call after the last chunk."""
 
+    def _models(self) -> list[nn.Module]:
+        """The modules a call runs (each in eval mode with frozen parameters meanwhile)."""
+        return [self.model]
+
     # ---- public ------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
         """Resolved parameters (JSON-able), including ``eps``, ``seed`` and ``batch_size``."""
@@ -271,7 +275,9 @@ class Attack:
         x0 = x.detach().to(device=dev, dtype=torch.float32)
         n = len(x0)
         self.n_forward = self.n_backward = self.n_queries = 0
-        with eval_frozen(self.model):
+        with contextlib.ExitStack() as frozen:
+            for m in self._models():
+                frozen.enter_context(eval_frozen(m))
             if y is None:
                 self.labels_from_model = True
                 y0 = self.predict(x0)
@@ -288,11 +294,12 @@ class Attack:
         return out.to(x.device)
 
     # ---- helpers for subclasses ----------------------------------------------------------
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """One counted forward pass (works with or without autograd)."""
+    def _logits(self, x: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
+        """One counted forward pass of ``model`` (default: the attacked model), with or
+        without autograd."""
         self.n_forward += 1
         self.n_queries += len(x)
-        return self.model(x)
+        return (self.model if model is None else model)(x)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:

@@ -1,9 +1,12 @@
 """DI, input diversity (Xie et al. 2019), and DIM = MIM with DI.
 
-At every iteration, with probability ``p`` per example, the image is shrunk (nearest
-interpolation) to a random size in [W-2, W) and zero-padded back to W at a random offset, so
-the output keeps the input size (the paper's models end in dense layers). The transform is
-a gather, so the gradient flows through it to the untransformed iterate.
+At every gradient evaluation, with probability ``p`` per example, the image is shrunk
+(nearest interpolation) by ``shrink`` ∈ {1, 2} pixels (a random size in [W-2, W)) and
+zero-padded back to W, the padding before the image (top, left) drawn from
+{0, …, shrink−1} as in Xie et al.'s and the authors' code (``randint(0, shrink)``, upper
+bound excluded: a 1-pixel shrink always sits at the top left). The output keeps the input
+size (the paper's models end in dense layers). The transform is a gather, so the gradient
+flows through it to the untransformed iterate.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ def diverse_input(x: torch.Tensor, shrink: torch.Tensor, top: torch.Tensor, left
     Args:
         x: (n, C, H, W).
         shrink: (n,) int in {1, 2}: the image is resized to (H - shrink, W - shrink).
-        top, left: (n,) int in [0, shrink]: padding before the resized image.
+        top, left: (n,) int in [0, shrink]: padding before the resized image (DI draws
+            them from {0, …, shrink−1}).
         apply: (n,) bool; False leaves the example unchanged.
     Returns:
         (n, C, H, W), differentiable w.r.t. x.
@@ -63,7 +67,8 @@ def diverse_input(x: torch.Tensor, shrink: torch.Tensor, top: torch.Tensor, left
 class DiverseInput:
     """The DI input transform with probability ``p`` (an
     :class:`~luring.attacks.iterative.InputTransform`). Randomness per example and iteration
-    comes from a generator seeded by (seed, example index), drawn once in :meth:`setup`."""
+    comes from a generator seeded by (seed, example index), drawn once in :meth:`setup`
+    (four uniforms per gradient evaluation: apply, shrink, top, left)."""
 
     def __init__(self, p: float = 1.0) -> None:
         self.p = check_float("p", p, 0.0, 1.0)
@@ -85,8 +90,8 @@ class DiverseInput:
         if not bool(apply.any()):
             return x
         shrink = 1 + (u[:, 1] < 0.5).long()                               # size W-1 or W-2
-        top = (u[:, 2] * (shrink + 1)).floor().long().clamp_max(shrink)
-        left = (u[:, 3] * (shrink + 1)).floor().long().clamp_max(shrink)
+        top = (u[:, 2] * shrink).floor().long().clamp_max(shrink - 1)        # {0..shrink-1}
+        left = (u[:, 3] * shrink).floor().long().clamp_max(shrink - 1)
         return diverse_input(x, shrink, top, left, apply)
 
 
@@ -99,8 +104,10 @@ class DIM(MIM):
     def __init__(self, model: nn.Module, eps: float = 0.3, steps: int = 1000, alpha: float = 0.01,
                  mu: float = 1.0, p: float = 1.0, *, norm: str = "linf",
                  eps_l2: float | None = None, clip_linf: bool = True,
-                 grad_transform: GradTransform | None = None, seed: int = 0,
+                 grad_transform: GradTransform | None = None, loss: str = "ce",
+                 kappa: float = 0.0, grad_model: nn.Module | None = None, seed: int = 0,
                  batch_size: int | None = None) -> None:
         super().__init__(model, eps=eps, steps=steps, alpha=alpha, mu=mu, norm=norm,
                          eps_l2=eps_l2, clip_linf=clip_linf, input_transform=DiverseInput(p),
-                         grad_transform=grad_transform, seed=seed, batch_size=batch_size)
+                         grad_transform=grad_transform, loss=loss, kappa=kappa,
+                         grad_model=grad_model, seed=seed, batch_size=batch_size)

@@ -29,6 +29,9 @@ class MIM(IterativeAttack):
         eps_l2: l2 bound, required for ``norm="l2"``.
         clip_linf: for l2, clip the result to the l∞ ``eps`` (default True, as the paper).
         input_transform, grad_transform: optional DI / TI hooks (used by the variants).
+        loss, kappa: ``"ce"`` (default) or ``"margin"`` with its cap (see
+            :mod:`luring.attacks.losses`).
+        grad_model: gradient source (e.g. ``bpda(model)``); default the model.
         seed, batch_size: see :class:`~luring.attacks.base.Attack`.
     """
 
@@ -37,10 +40,12 @@ class MIM(IterativeAttack):
     def __init__(self, model: nn.Module, eps: float = 0.3, steps: int = 1000, alpha: float = 0.01,
                  mu: float = 1.0, *, norm: str = "linf", eps_l2: float | None = None,
                  clip_linf: bool = True, input_transform: InputTransform | None = None,
-                 grad_transform: GradTransform | None = None, seed: int = 0,
+                 grad_transform: GradTransform | None = None, loss: str = "ce",
+                 kappa: float = 0.0, grad_model: nn.Module | None = None, seed: int = 0,
                  batch_size: int | None = None) -> None:
         super().__init__(model, eps=eps, steps=steps, alpha=alpha, norm=norm, eps_l2=eps_l2,
                          clip_linf=clip_linf, mu=mu, input_transform=input_transform,
-                         grad_transform=grad_transform, seed=seed, batch_size=batch_size)
+                         grad_transform=grad_transform, loss=loss, kappa=kappa,
+                         grad_model=grad_model, seed=seed, batch_size=batch_size)
         if self.norm == "l2":
             self.name = f"{type(self).name}-l2"

@@ -17,6 +17,7 @@ from luring.attacks.mim import MIM
 from luring.attacks.pgd import PGD
 from luring.attacks.spsa import SPSA
 from luring.attacks.ti import DIMTI, MIMTI
+from luring.attacks.transfer import NIFGSM, SINIFGSM, VMIFGSM, VNIFGSM
 from luring.errors import LuringError
 
 __all__ = ["ATTACKS", "create", "attack_parameters"]
@@ -30,6 +31,10 @@ ATTACKS: dict[str, tuple[type[Attack], dict[str, Any]]] = {
     "dim": (DIM, {}),
     "mim-ti": (MIMTI, {}),
     "dim-ti": (DIMTI, {}),
+    "ni-fgsm": (NIFGSM, {}),
+    "si-ni-fgsm": (SINIFGSM, {}),
+    "vmi-fgsm": (VMIFGSM, {}),
+    "vni-fgsm": (VNIFGSM, {}),
     "spsa": (SPSA, {}),
     "eco": (ECO, {}),
     "cw-l2": (CWL2, {}),

@@ -24,8 +24,10 @@ from torch import nn
 from luring.attacks.base import check_float, check_int, eval_frozen, model_device
 from luring.attacks.dim import DIM
 from luring.attacks.iterative import IterativeAttack
+from luring.attacks.losses import check_loss
 from luring.attacks.mim import MIM
 from luring.attacks.ti import DIMTI, MIMTI
+from luring.attacks.transfer import NIFGSM, SINIFGSM, VMIFGSM, VNIFGSM
 from luring.errors import LuringError
 from luring.models import predict_labels
 from luring.utils import check_images
@@ -35,7 +37,8 @@ __all__ = ["worst_case_search", "default_settings", "WorstCaseResult", "SettingR
 
 P_VALUES = tuple(round(0.1 * i, 1) for i in range(1, 11))
 KERNEL_SIZES = (3, 5, 10, 15)
-_CLASSES = {"mim": MIM, "dim": DIM, "mim-ti": MIMTI, "dim-ti": DIMTI}
+_CLASSES = {"mim": MIM, "dim": DIM, "mim-ti": MIMTI, "dim-ti": DIMTI, "ni-fgsm": NIFGSM,
+            "si-ni-fgsm": SINIFGSM, "vmi-fgsm": VMIFGSM, "vni-fgsm": VNIFGSM}
 
 
 def default_settings(p_values: tuple[float, ...] = P_VALUES,
@@ -130,7 +133,8 @@ def worst_case_search(source: nn.Module, target: nn.Module, x: torch.Tensor, y: 
                       kernel_sizes: tuple[int, ...] = KERNEL_SIZES, seed: int = 0,
                       batch_size: int | None = None, progress: bool = True,
                       settings: list[dict[str, Any]] | None = None,
-                      use_labels: bool = False) -> WorstCaseResult:
+                      use_labels: bool = False, loss: str = "ce", kappa: float = 0.0,
+                      grad_model: nn.Module | None = None) -> WorstCaseResult:
     """Run the MIM-W grid on ``source`` and judge every setting on ``target``.
 
     Args:
@@ -138,10 +142,16 @@ def worst_case_search(source: nn.Module, target: nn.Module, x: torch.Tensor, y: 
         x: float (N, C, H, W) in [0, 1]. y: int (N,) true labels (for the rates).
         eps: l∞ bound in [0, 1]. steps, mu, alpha: MIM parameters shared by all settings.
         p_values, kernel_sizes: the grid (ignored when ``settings`` is given).
-        settings: explicit list of ``{"attack": "mim"|"dim"|"mim-ti"|"dim-ti", **params}``.
+        settings: explicit list of ``{"attack": NAME, **params}``, NAME one of ``mim``,
+            ``dim``, ``mim-ti``, ``dim-ti`` (or the transfer attacks ``ni-fgsm``,
+            ``si-ni-fgsm``, ``vmi-fgsm``, ``vni-fgsm``).
         seed, batch_size: passed to every attack. progress: show a bar over settings.
         use_labels: attack ``y`` instead of the source's own predictions (the authors passed
             no labels, so the default attacks T's predictions).
+        loss, kappa, grad_model: passed to every setting (``"ce"`` or ``"margin"`` with its
+            cap; a gradient source such as ``bpda(source)``). Labels and every judgement
+            still come from ``source`` and ``target`` themselves. With the defaults the
+            result is exactly the plain search's.
     """
     check_images(x, name="x")
     y = torch.as_tensor(y).long().cpu()
@@ -149,12 +159,13 @@ def worst_case_search(source: nn.Module, target: nn.Module, x: torch.Tensor, y: 
         raise LuringError(f"labels must have shape ({len(x)},), got {tuple(y.shape)}")
     check_float("eps", eps, 0.0, 1.0)
     check_int("steps", steps, 0)
+    loss, kappa = check_loss(loss, kappa)
     grid = default_settings(tuple(p_values), tuple(kernel_sizes)) if settings is None \
         else [dict(s) for s in settings]
     if not grid:
         raise LuringError("worst_case_search needs at least one setting")
     common = {"eps": eps, "steps": steps, "mu": mu, "alpha": alpha, "seed": seed,
-              "batch_size": batch_size}
+              "batch_size": batch_size, "loss": loss, "kappa": kappa, "grad_model": grad_model}
     attacks = [_make(s, source, common) for s in grid]          # validate all before running
     results: list[SettingResult] = []
     best: tuple[float, float, int] | None = None
@@ -181,10 +192,14 @@ def worst_case_search(source: nn.Module, target: nn.Module, x: torch.Tensor, y: 
         if best is None or key < best:
             best, best_data = key, (x_adv, m_ok, t_ok, agree, defended)
     assert best is not None
+    meta: dict[str, Any] = {"eps": eps, "steps": steps, "mu": mu, "alpha": alpha, "seed": seed,
+                            "use_labels": use_labels}
+    if loss != "ce":
+        meta.update(loss=loss, kappa=kappa)
+    if grad_model is not None:
+        meta["grad_model"] = type(grad_model).__name__
     return WorstCaseResult(results, best[2], *best_data, ac_m_all=ac_m_all,
-                           defended_all=defended_all, ac_mop_all=ac_mop_all,
-                           meta={"eps": eps, "steps": steps, "mu": mu, "alpha": alpha,
-                                 "seed": seed, "use_labels": use_labels})
+                           defended_all=defended_all, ac_mop_all=ac_mop_all, meta=meta)
 
 
 def _progress_iter(items: list, show: bool):

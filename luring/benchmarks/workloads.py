@@ -173,9 +173,14 @@ def _bare_loop(env: Env) -> Callable[[], float]:
 
 
 def _gradient_attack(env: Env, name: str) -> Callable[[], float]:
-    from luring.attacks import DIMTI, MIM, PGD
+    """A luring gradient attack on M with true labels; its work is the images of all its
+    gradient evaluations (``len(x) · n_backward``: SI's copies and VT's neighbours count one
+    evaluation each), so its throughput compares per gradient evaluation with the bare loop.
+    The transfer attacks run with their defaults (SI 5 copies, VT 20 neighbours)."""
+    from luring.attacks import DIMTI, MIM, NIFGSM, PGD, SINIFGSM, VMIFGSM, VNIFGSM
 
-    cls = {"pgd": PGD, "mim": MIM, "dimti": DIMTI}[name]
+    cls = {"pgd": PGD, "mim": MIM, "dimti": DIMTI, "nifgsm": NIFGSM, "sinifgsm": SINIFGSM,
+           "vmifgsm": VMIFGSM, "vnifgsm": VNIFGSM}[name]
     atk = cls(env.target, eps=env.cfg.eps, steps=env.cfg.steps, alpha=env.cfg.alpha,
               seed=env.seed)
     x, y = attack_batch(env, env.cfg.batch)
@@ -349,6 +354,14 @@ CONTENDERS: dict[str, tuple[str, str, str, Callable[[Env], Callable[[], float]] 
             lambda e: _gradient_attack(e, "mim")),
     "dimti": ("gradient", "image-iterations/s", "luring.attacks.DIMTI on M",
               lambda e: _gradient_attack(e, "dimti")),
+    "nifgsm": ("gradient", "image-iterations/s", "luring.attacks.NIFGSM on M",
+               lambda e: _gradient_attack(e, "nifgsm")),
+    "sinifgsm": ("gradient", "image-iterations/s", "luring.attacks.SINIFGSM on M (5 copies, "
+                 "per gradient evaluation)", lambda e: _gradient_attack(e, "sinifgsm")),
+    "vmifgsm": ("gradient", "image-iterations/s", "luring.attacks.VMIFGSM on M (20 "
+                "neighbours, per gradient evaluation)", lambda e: _gradient_attack(e, "vmifgsm")),
+    "vnifgsm": ("gradient", "image-iterations/s", "luring.attacks.VNIFGSM on M (20 "
+                "neighbours, per gradient evaluation)", lambda e: _gradient_attack(e, "vnifgsm")),
     "spsa": ("spsa", "queries/s", "luring.attacks.SPSA on M (n_queries)", _spsa),
     "bare_forward_spsa": ("spsa", "queries/s", "no_grad forwards of M on SPSA's batch sizes",
                           lambda e: _bare_forward(e, "spsa")),

@@ -1,6 +1,7 @@
 """``luring attack``: craft adversarial examples against a saved model or defense.
 
-    luring attack --source DIR --attack NAME --eps E [attack parameters] --n N
+    luring attack --source DIR --attack NAME --eps E [attack parameters] --images N
+                  [--loss ce|margin --kappa K --bpda]
                   [--dataset D --data-dir ROOT] --out DIR [--seed S --device D --batch-size B]
 
 The source is a target directory (``model.json``: the model M) or a defense directory
@@ -8,6 +9,10 @@ The source is a target directory (``model.json``: the model M) or a defense dire
 are attacked (untargeted, against the source's own predictions, as the paper's authors did)
 and ``--out`` receives ``adversarial.safetensors`` (x, x_adv, y, pred_clean, pred_adv) and
 ``attack.json`` (attack, resolved parameters, counts, success rate, wall time, versions).
+``--n`` is an alias of ``--images`` (torchrun's parser rejects ``--n`` as an abbreviation).
+Gradient attacks take ``--loss`` / ``--kappa`` and ``--bpda`` (gradients through the
+source's saturating layers by the straight-through estimate; success is still judged on the
+source itself).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import save as st_save
 
-from luring.attacks import ATTACKS, attack_parameters, create
+from luring.attacks import ATTACKS, LOSSES, attack_parameters, bpda, create
 from luring.cli.common import (
     LuringParser,
     add_common,
@@ -48,9 +53,17 @@ __all__ = ["register", "run_attack"]
 ATTACK_OPTIONS: dict[str, tuple[Any, str]] = {
     "steps": (nonneg_int, "iterations (gradient attacks, SPSA, CW)"),
     "alpha": (pos_float, "step size (gradient attacks; an l2 length for mim-l2)"),
-    "mu": (None, "momentum decay (mim family; paper 1.0)"),
-    "p": (unit_float, "input-diversity probability (dim, dim-ti)"),
-    "kernel_size": (pos_int, "TI kernel size (mim-ti, dim-ti; paper searched 3, 5, 10, 15)"),
+    "mu": (None, "momentum decay (mim family, ni/si-ni/vmi/vni-fgsm; paper 1.0)"),
+    "p": (unit_float, "input-diversity probability (dim, dim-ti; optional DI for the "
+                      "ni/si-ni/vmi/vni-fgsm)"),
+    "kernel_size": (pos_int, "TI kernel size (mim-ti, dim-ti; paper searched 3, 5, 10, 15; "
+                             "optional TI for the ni/si-ni/vmi/vni-fgsm)"),
+    "scales": (pos_int, "si-ni-fgsm: scale copies x/2^i (default 5)"),
+    "neighbors": (pos_int, "vmi/vni-fgsm: neighbours sampled for the variance (default 20)"),
+    "beta": (None, "vmi/vni-fgsm: neighbourhood radius in units of eps (default 1.5)"),
+    "loss": (None, "loss of the gradient attacks: ce (default, the paper's) or margin "
+                   "(Carlini-Wagner logit margin)"),
+    "kappa": (None, "margin loss: confidence cap kappa ≥ 0 (default 0)"),
     "eps_l2": (pos_float, "l2 bound (mim-l2; default 30 on MNIST, 2 otherwise)"),
     "samples": (pos_int, "SPSA evaluations per iteration, even (paper 128)"),
     "delta": (pos_float, "SPSA finite-difference radius (paper 0.01)"),
@@ -62,6 +75,15 @@ ATTACK_OPTIONS: dict[str, tuple[Any, str]] = {
     "binary_steps": (pos_int, "CW binary-search steps (paper 10)"),
     "const": (pos_float, "CW initial constant (paper 0.5)"),
 }
+
+
+def _loss_name(text: str) -> str:
+    if text not in LOSSES:
+        raise argparse.ArgumentTypeError(f"unknown loss {text!r}; choose ce or margin")
+    return text
+
+
+_TYPES: dict[str, Any] = {"loss": _loss_name}
 
 
 def _attack_name(text: str) -> str:
@@ -84,7 +106,8 @@ def register(subparsers: argparse._SubParsersAction) -> LuringParser:
                    help=f"one of {', '.join(ATTACKS)}")
     p.add_argument("--eps", required=True, type=unit_float,
                    help="l∞ bound in [0, 1] pixel units (CW: an optional cap, 1 = none)")
-    p.add_argument("--n", required=True, type=pos_int, help="attack the first N test images")
+    p.add_argument("--images", "--n", dest="images", required=True, type=pos_int, metavar="N",
+                   help="attack the first N test images (--n is an alias)")
     p.add_argument("--dataset", default=None, help="data set (default: the source's)")
     p.add_argument("--data-dir", default=None, metavar="ROOT", help="data root directory")
     p.add_argument("--batch-size", type=pos_int, default=None,
@@ -95,7 +118,11 @@ def register(subparsers: argparse._SubParsersAction) -> LuringParser:
         if typ is bool:
             g.add_argument(flag, action="store_true", default=None, help=text)
         else:
-            g.add_argument(flag, type=typ or nonneg_float, default=None, help=text)
+            g.add_argument(flag, type=_TYPES.get(dest, typ or nonneg_float), default=None,
+                           help=text)
+    g.add_argument("--bpda", action="store_true",
+                   help="gradient attacks: take gradients through bpda(source) (straight-"
+                        "through sigmoid/tanh/hardtanh/clamp), judge success on the source")
     add_common(p, out_help="output directory for adversarial.safetensors and attack.json")
     p.set_defaults(handler=run_attack)
     return p
@@ -133,6 +160,11 @@ def _resolve_params(args: argparse.Namespace, family: str | None) -> dict[str, A
         raise LuringError(f"{flags} does not apply to {args.attack}; it takes "
                           + ", ".join("--" + k.replace("_", "-") for k in ATTACK_OPTIONS
                                       if k in allowed))
+    if "kappa" in given and given.get("loss") != "margin":
+        raise LuringError("--kappa is the margin loss's confidence; pass --loss margin with it")
+    if args.bpda and "grad_model" not in allowed:
+        raise LuringError(f"--bpda does not apply to {args.attack}; it needs a gradient "
+                          "attack (fgsm, pgd, the mim family, ni/si-ni/vmi/vni-fgsm)")
     if args.attack == "mim-l2":
         given.setdefault("eps_l2", L2_BOUND.get(family or "", 2.0))
     if args.attack == "eco" and family in ECO_BLOCK:
@@ -154,10 +186,10 @@ def run_attack(args: argparse.Namespace) -> int:
         raise LuringError(f"{src} does not name its data set; pass --dataset")
     spec = get_spec(dataset)
     x_all, y_all = load(dataset, "test", args.data_dir)
-    if args.n > len(x_all):
-        raise LuringError(f"--n {args.n} is larger than the {dataset} test set "
-                          f"({len(x_all)} images); pass --n {len(x_all)} or less")
-    x, y = x_all[:args.n].contiguous(), y_all[:args.n].contiguous()
+    if args.images > len(x_all):
+        raise LuringError(f"--images {args.images} is larger than the {dataset} test set "
+                          f"({len(x_all)} images); pass --images {len(x_all)} or less")
+    x, y = x_all[:args.images].contiguous(), y_all[:args.images].contiguous()
     model.eval()
     try:
         with torch.no_grad():
@@ -167,6 +199,8 @@ def run_attack(args: argparse.Namespace) -> int:
         raise LuringError(f"the source model does not accept {dataset} images of shape "
                           f"{tuple(x.shape[1:])} ({first}); pass the right --dataset") from None
     params = _resolve_params(args, spec.family)
+    if args.bpda:
+        params["grad_model"] = bpda(model)
     atk = create(args.attack, model, eps=args.eps, seed=args.seed, batch_size=args.batch_size,
                  **params)
     step = args.batch_size or len(x)
@@ -197,6 +231,7 @@ def run_attack(args: argparse.Namespace) -> int:
         "format": "luring-attack/1", "attack": args.attack, "class": type(atk).__name__,
         "params": atk.params(), "eps": args.eps, "n": len(x), "seed": args.seed,
         "dataset": dataset, "source": str(src), "source_kind": kind, "device": str(device),
+        "bpda": bool(args.bpda),
         **counts,
         "success_rate": float(fooled.float().mean()),
         "success_rate_on_correct": float(fooled[correct].float().mean()) if correct.any()
