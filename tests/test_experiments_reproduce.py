@@ -55,6 +55,19 @@ def test_run_directory_contents(uninterrupted):
     assert set(res["clean"]) == {"target", "stack", "auto", "ce", "luring"}
     attacks = {(r["experiment"], r["attack"]) for r in res["rows"]}
     assert {("defend", a) for a in ("spsa", "eco", "mim-w", "worst-case")} <= attacks
+    assert {("adaptive", a) for a in ("adaptive-w", "adaptive-worst", "substitute")} <= attacks
+    assert set(res["diagnostics"]) == {"stack", "auto", "ce", "luring"}
+    assert {v["attack"] for v in res["verdict"]} >= {"mim-w", "adaptive-worst"}
+    for r in res["rows"]:
+        if r["attack"] in ("spsa", "eco", "mim-w", "adaptive-w"):  # the detector's figures
+            assert 0 <= r["detection_rate"] <= 1 and r["dac_op"] is not None
+        if r["attack"] == "adaptive-worst":
+            # the per-example worst case is at most the best single setting
+            best = next(w for w in res["rows"] if w["attack"] == "adaptive-w"
+                        and w["approach"] == r["approach"] and w["eps"] == r["eps"])
+            assert r["dac"] <= best["dac"] + 1e-12 and r["ac_m"] <= best["ac_m"] + 1e-12
+            assert r["ac_mop"] <= best["ac_mop"] + 1e-12 and r["n"] == best["n"]
+    assert {"figure_roc_mim-w_eps0.3.png", "table_adaptive.csv", "table_verdict.csv"} <= names
     assert {("characterize", a) for a in ("fgsm", "pgd", "mim", "mim-l2")} <= attacks
     for r in res["rows"]:
         assert r["n"] is not None and r["eps"] in (0.2, 0.3, 0.4)

@@ -31,7 +31,7 @@ from luring.experiments.defend import mimw_settings
 from luring.experiments.profiles import step_size
 from luring.experiments.store import RunDir
 from luring.metrics import rate
-from luring.models import predict_labels
+from luring.models import predict_labels, predict_logits
 from luring.utils import progress
 
 __all__ = ["run_adaptive", "adaptive_family", "TRANSFER_ATTACKS"]
@@ -79,7 +79,8 @@ def _family_unit(model, target, x, y, eps, cfg, seed):
         out = {"t_ok": res.best_t_correct, "m_ok": res.best_m_correct,
                "defended": res.best_defended}
         if _better(out, best):
-            best = out
+            best = out | {"t_logits": predict_logits(model, res.best_x_adv),
+                          "m_logits": predict_logits(target, res.best_x_adv)}
             best_meta = {"attack": res.best.attack, "loss": loss, "grad": grad} \
                 | res.best.params
         alls = {"t_ok": res.ac_mop_all, "m_ok": res.ac_m_all, "defended": res.defended_all}
@@ -133,14 +134,18 @@ def _rates(t_ok: torch.Tensor, m_ok: torch.Tensor, defended: torch.Tensor) -> di
 def run_adaptive(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[int, Any]],
                  x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor,
                  settings: dict[str, Any], seed: int,
-                 ident: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]],
-                                                               dict[tuple, dict]]:
+                 ident: dict[str, Any] | None = None, roc: dict[str, Any] | None = None
+                 ) -> tuple[list[dict[str, Any]], dict[tuple, dict]]:
     """Run (or reuse) every adaptive unit. ``x``, ``y``: the attacked test images (the defend
     experiment's); ``pool``: the substitute attacker's images (other test images).
 
     Returns the result rows (``adaptive-w``, ``adaptive-worst``, ``substitute``) and the
     per-example booleans ``{(seed, approach, attack, ε): {"t_ok", "m_ok", "defended"}}`` for
-    the paired verdict."""
+    the paired verdict. ``adaptive-w`` rows also hold the detector's ``detection_rate`` and
+    ``dac_op`` at the stored operating point and its AUROC; ``roc`` receives its ROC per ε and
+    approach (``roc["adaptive-w"][str(ε)][approach]``)."""
+    from luring.experiments.detection import clean_scores, op_rates, pooled_roc
+
     cfg = settings["adaptive"]
     seeds = sorted(next(iter(defenses.values())).keys()) if defenses else []
     fam: dict[tuple, tuple] = {}
@@ -169,16 +174,23 @@ def run_adaptive(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[
                                      "eps": settings["eps"]})
     rows: list[dict[str, Any]] = []
     outcomes: dict[tuple, dict] = {}
+    clean = {(s, a): clean_scores(defenses[a][s], x) for s in seeds for a in defenses}
     for a in defenses:
         for e in settings["eps"]:
             per: dict[str, list] = {"adaptive-w": [], "adaptive-worst": [], "substitute": []}
-            chosen, queries = [], []
+            chosen, queries, curves = [], [], []
             for s in seeds:
                 t, meta = fam[(s, a, e)]
+                d = defenses[a][s]
                 for name, pre in (("adaptive-w", "best_"), ("adaptive-worst", "all_")):
                     b = {k: t[pre + k] for k in ("t_ok", "m_ok", "defended")}
                     outcomes[(s, a, name, e)] = b
                     per[name].append(_rates(**b))
+                op, adv_scores = op_rates(d, t["best_t_logits"], t["best_m_logits"],
+                                          t["best_m_ok"])
+                per["adaptive-w"][-1] |= op
+                curves.append((clean[(s, a)], adv_scores, float(d.detector["threshold"]),
+                               d.detector["rule"]))
                 chosen.append(meta["best"])
                 if (s, a) in subs:
                     st, sm = subs[(s, a)]
@@ -191,7 +203,13 @@ def run_adaptive(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[
                     continue
                 extra: dict[str, Any] = {}
                 if name == "adaptive-w":
-                    extra = {"setting": chosen[0], "settings_per_seed": chosen}
+                    entry = pooled_roc(curves)
+                    if roc is not None:
+                        roc.setdefault("adaptive-w", {}).setdefault(str(e), {})[a] = entry
+                    extra = {"setting": chosen[0], "settings_per_seed": chosen,
+                             "auroc": entry["auroc"],
+                             "detector": {"rule": curves[0][3],
+                                          "thresholds": [c[2] for c in curves]}}
                 elif name == "substitute":
                     extra = {"queries": queries[0], "queries_per_seed": queries}
                 rows.append(aggregate("adaptive", a, name, e, vals, extra, seeds=seeds))

@@ -18,7 +18,7 @@ from luring.experiments.common import aggregate, make_attack, unit_seed
 from luring.experiments.profiles import step_size
 from luring.experiments.store import RunDir
 from luring.metrics import correct, dac_ok, rate, worst_case
-from luring.models import predict_labels
+from luring.models import predict_logits
 from luring.utils import progress
 
 __all__ = ["run_defend", "mimw_settings"]
@@ -43,7 +43,9 @@ def _mimw_unit(model, target, x, y, eps, cfg, seed):
     best = res.best
     tensors = {"best_t_ok": res.best_t_correct, "best_m_ok": res.best_m_correct,
                "best_defended": res.best_defended, "t_ok_all": res.ac_mop_all,
-               "m_ok_all": res.ac_m_all, "defended_all": res.defended_all}
+               "m_ok_all": res.ac_m_all, "defended_all": res.defended_all,
+               "best_t_logits": predict_logits(model, res.best_x_adv),
+               "best_m_logits": predict_logits(target, res.best_x_adv)}
     return tensors, {"best": {"attack": best.attack} | best.params,
                      "per_setting": [vars(r) for r in res.settings]}
 
@@ -51,13 +53,19 @@ def _mimw_unit(model, target, x, y, eps, cfg, seed):
 def run_defend(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[int, Any]],
                x: torch.Tensor, y: torch.Tensor, settings: dict[str, Any],
                seed: int, ident: dict[str, Any] | None = None,
-               outcomes: dict[tuple, dict[str, torch.Tensor]] | None = None
-               ) -> list[dict[str, Any]]:
+               outcomes: dict[tuple, dict[str, torch.Tensor]] | None = None,
+               roc: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Run (or reuse) every defend unit and return the result rows. ``ident`` identifies the
     images and models (see ``reproduce``); each unit's identity adds its parameters. MIM-W
-    rows record the chosen setting of every seed (``settings_per_seed``). ``outcomes``, when
-    given, receives the per-example booleans ``{(seed, approach, attack, ε): {"t_ok", "m_ok",
-    "defended"}}`` for the paired verdict."""
+    rows record the chosen setting of every seed (``settings_per_seed``). SPSA, ECO and MIM-W
+    rows also hold the detector's ``detection_rate`` and ``dac_op`` at each defense's stored
+    operating point (:mod:`luring.experiments.detection`); the worst-case row has no single
+    example per image, so only the paper rule's DAC. ``outcomes``, when given, receives the
+    per-example booleans ``{(seed, approach, attack, ε): {"t_ok", "m_ok", "defended"}}`` for
+    the paired verdict; ``roc`` receives MIM-W's ROC per ε and approach
+    (``roc["mim-w"][str(ε)][approach]``)."""
+    from luring.experiments.detection import clean_scores, op_rates, pooled_roc
+
     cfg = settings["defend"]
     seeds = sorted(next(iter(defenses.values())).keys()) if defenses else []
     units = [(s, a, atk, e) for s in seeds for a in defenses for e in settings["eps"]
@@ -73,24 +81,33 @@ def run_defend(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[in
             def craft(m=model, atk=atk, e=e, u=useed):
                 attack = make_attack(atk, m, e, cfg[atk], u)
                 x_adv = attack(x, y)
-                t, mp = predict_labels(m, x_adv), predict_labels(target, x_adv)
+                tl, ml = predict_logits(m, x_adv), predict_logits(target, x_adv)
+                t, mp = tl.argmax(1), ml.argmax(1)
                 return ({"t_ok": correct(t, y), "m_ok": correct(mp, y),
-                         "defended": dac_ok(t, mp, y)},
+                         "defended": dac_ok(t, mp, y), "t_logits": tl, "m_logits": ml},
                         {"params": attack.params(), "queries": attack.n_queries})
         params = cfg["mim_w"] if atk == "mim-w" else cfg[atk]
         out[(s, a, atk, e)] = run.unit("defend", f"s{s}-{a}-{atk}-eps{e}", craft,
                                        {"run": ident, "params": params})
     rows = []
+    clean = {(s, a): clean_scores(defenses[a][s], x) for s in seeds for a in defenses}
     for a in defenses:
         for e in settings["eps"]:
             per: dict[str, list] = {k: [] for k in ("spsa", "eco", "mim-w", "worst-case")}
-            chosen = []
+            chosen, curves = [], []
             for s in seeds:
+                d = defenses[a][s]
                 sp, ec = out[(s, a, "spsa", e)][0], out[(s, a, "eco", e)][0]
                 mw, mw_meta = out[(s, a, "mim-w", e)]
                 for name, u in (("spsa", sp), ("eco", ec)):
-                    per[name].append(_rates(u["t_ok"], u["m_ok"], u["defended"]))
-                per["mim-w"].append(_rates(mw["best_t_ok"], mw["best_m_ok"], mw["best_defended"]))
+                    per[name].append(_rates(u["t_ok"], u["m_ok"], u["defended"])
+                                     | op_rates(d, u["t_logits"], u["m_logits"], u["m_ok"])[0])
+                op, adv_scores = op_rates(d, mw["best_t_logits"], mw["best_m_logits"],
+                                          mw["best_m_ok"])
+                per["mim-w"].append(_rates(mw["best_t_ok"], mw["best_m_ok"], mw["best_defended"])
+                                    | op)
+                curves.append((clean[(s, a)], adv_scores, float(d.detector["threshold"]),
+                               d.detector["rule"]))
                 chosen.append(mw_meta["best"])
                 worst = (worst_case([sp["t_ok"], ec["t_ok"], mw["t_ok_all"]]),
                          worst_case([sp["m_ok"], ec["m_ok"], mw["m_ok_all"]]),
@@ -100,9 +117,18 @@ def run_defend(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[in
                     keys = ("t_ok", "m_ok", "defended")
                     outcomes[(s, a, "mim-w", e)] = {k: mw[f"best_{k}"] for k in keys}
                     outcomes[(s, a, "worst-case", e)] = dict(zip(keys, worst, strict=True))
+            entry = pooled_roc(curves)
+            if roc is not None:
+                roc.setdefault("mim-w", {}).setdefault(str(e), {})[a] = entry
             for atk, vals in per.items():
-                extra = {"setting": chosen[0], "settings_per_seed": chosen} if atk == "mim-w" \
-                    else None
+                extra: dict[str, Any] = {}
+                if atk == "mim-w":
+                    extra = {"setting": chosen[0], "settings_per_seed": chosen,
+                             "auroc": entry["auroc"]}
+                if atk != "worst-case":
+                    extra["detector"] = {"rule": defenses[a][seeds[0]].detector["rule"],
+                                         "thresholds": [float(defenses[a][s].detector[
+                                             "threshold"]) for s in seeds]}
                 rows.append(aggregate("defend", a, atk, e, vals, extra, seeds=seeds))
     return rows
 

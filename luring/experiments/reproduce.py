@@ -38,7 +38,7 @@ from luring.experiments.diagnostics import paired_verdict, run_diagnostics
 from luring.experiments.models import prepare_models
 from luring.experiments.profiles import EXPERIMENTS, differences_from_paper, resolve_profile
 from luring.experiments.store import RunDir
-from luring.metrics import agreement, clean_accuracy, false_alarm_rate
+from luring.metrics import agreement, clean_accuracy, false_alarm_rate, rate
 from luring.utils import atomic_write_json, fingerprint, resolve_device, versions
 
 __all__ = ["reproduce", "EXPERIMENTS"]
@@ -125,10 +125,11 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
             results["rows"] += run_characterize(run, target, defenses, x, y.cpu(), settings, seed,
                                                 ident)
         outcomes: dict[tuple, dict] = {}
+        roc: dict[str, Any] = {}
         if "defend" in experiments:
             x, y, ident = images(settings["defend"]["n"], "defend")
             results["rows"] += run_defend(run, target, defenses, x, y.cpu(), settings, seed,
-                                          ident, outcomes)
+                                          ident, outcomes, roc)
         if "adaptive" in experiments:
             # the defend experiment's images; the substitute attacker's pool is other test
             # images (never attacked), in the run's seeded order
@@ -139,11 +140,13 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
                                     [:settings["adaptive"]["substitute"]["pool"]])
             rows, adaptive_outcomes = run_adaptive(run, target, defenses, x, y.cpu(),
                                                    x_test[pool_idx], settings, seed,
-                                                   ident | {"pool": pool_idx})
+                                                   ident | {"pool": pool_idx}, roc)
             results["rows"] += rows
             outcomes |= adaptive_outcomes
             results["diagnostics"] = run_diagnostics(run, target, defenses, x, y.cpu(),
                                                      settings, seed, ident)
+        if roc:
+            results["roc"] = roc
         if outcomes:
             results["verdict"] = paired_verdict(
                 outcomes, ["mim-w", "worst-case", "adaptive-w", "adaptive-worst", "substitute"],
@@ -171,23 +174,38 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
 
 
 def _clean(target, defenses, x, y) -> dict[str, Any]:
-    """Table 8: test accuracy of M and of each T, agreement (T = M = y), false alarms."""
+    """Table 8: test accuracy of M and of each T, agreement (T = M = y), the paper rule's false
+    alarms (T ≠ M) and the detector's at each defense's stored operating point (calibrated on
+    held-out training images), each with its Wilson interval; several seeds are pooled (and
+    their mean, std and per-seed values kept)."""
     from luring.experiments.common import mean_std
+    from luring.metrics import Rate
     from luring.models import predict_labels
 
     m = predict_labels(target, x)
-    out: dict[str, Any] = {"target": {"accuracy": clean_accuracy(m, y).value, "n": len(y)}}
+    acc = clean_accuracy(m, y)
+    out: dict[str, Any] = {"target": {"accuracy": acc.value, "n": len(y),
+                                      "ci": {"accuracy": [acc.ci_low, acc.ci_high]}}}
+    keys = ("accuracy", "agreement", "false_alarm_rate", "detector_false_alarm_rate")
     for a, per_seed in defenses.items():
-        vals = []
+        vals, dets = [], []
         for d in per_seed.values():
-            t = predict_labels(d.augmented, x)
-            vals.append({"accuracy": clean_accuracy(t, y).value,
-                         "agreement": agreement(t, m, y).value,
-                         "false_alarm_rate": false_alarm_rate(t, m).value})
-        row: dict[str, Any] = {k: mean_std([v[k] for v in vals])[0] for k in vals[0]}
-        row["n"] = len(y)
-        if len(vals) > 1:
-            for k in ("accuracy", "agreement"):
-                row[f"{k}_std"] = mean_std([v[k] for v in vals])[1]
+            det = d.detect(x)
+            t = det.t_label
+            vals.append({"accuracy": clean_accuracy(t, y), "agreement": agreement(t, m, y),
+                         "false_alarm_rate": false_alarm_rate(t, m),
+                         "detector_false_alarm_rate": rate(det.flagged)})
+            op = d.detector
+            dets.append({k: op.get(k) for k in ("rule", "threshold", "target_fpr",
+                                                "heldout_fpr", "n")})
+        row: dict[str, Any] = {"n": len(y), "ci": {}, "detector": dets[0],
+                               "detector_per_seed": dets}
+        for k in keys:
+            pooled = Rate.of(sum(v[k].k for v in vals), sum(v[k].n for v in vals))
+            row[k] = pooled.value
+            row["ci"][k] = [pooled.ci_low, pooled.ci_high]
+            if len(vals) > 1:
+                row[f"{k}_std"] = mean_std([v[k].value for v in vals])[1]
+                row.setdefault("per_seed", {})[k] = [v[k].value for v in vals]
         out[a] = row
     return out

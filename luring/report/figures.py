@@ -22,7 +22,8 @@ from luring.report.tables import (
     rows_of,
 )
 
-__all__ = ["COLOURS", "figure2_png", "figure3_l0_png", "figure3_saliency_png", "load_saliency"]
+__all__ = ["COLOURS", "figure2_png", "figure3_l0_png", "figure3_saliency_png", "load_saliency",
+           "roc_png"]
 
 #: One colour per approach / model, fixed so that every figure agrees.
 COLOURS = {"target": "#444444", "stack": "#1f77b4", "auto": "#2ca02c", "ce": "#ff7f0e",
@@ -199,4 +200,35 @@ def figure3_saliency_png(arrays: dict[str, np.ndarray], max_examples: int = 4) -
                          else f"∇x P(x): {NAMES.get(base, base)}")
                 ax.set_title(title, fontsize=7)
     fig.subplots_adjust(left=0.02, right=0.98, top=0.9, bottom=0.02, wspace=0.05, hspace=0.05)
+    return _png(fig)
+
+
+def roc_png(curves: dict[str, Any], title: str) -> bytes | None:
+    """ROC curves of the detector, one per approach (``curves[approach]`` as written by the
+    experiments: ``fpr``, ``tpr``, ``auroc``, ``operating_point``, ``paper_point``), with the
+    stored operating point (circle) and the paper rule's single point (cross)."""
+    entries = [(a, c) for a, c in curves.items() if isinstance(c, dict) and c.get("fpr")]
+    if not entries:
+        return None
+    order = approaches_in({"approach": a} for a, _ in entries)
+    fig = _new_figure(4.8, 4.4)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], color="#bbbbbb", lw=0.8, ls=":")
+    for i, a in enumerate(order):
+        c = dict(entries)[a]
+        col = _colour(a, i)
+        ax.step(c["fpr"], c["tpr"], where="post", color=col, lw=1.5,
+                label=f"{NAMES.get(a, a)} (AUROC {_f(c.get('auroc')):.3f})")
+        op, pp = c.get("operating_point"), c.get("paper_point")
+        if op:
+            ax.plot([op[0]], [op[1]], "o", color=col, ms=5)
+        if pp:
+            ax.plot([pp[0]], [pp[1]], "x", color=col, ms=7, mew=1.5)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("false-alarm rate (clean test images)")
+    ax.set_ylabel("detection rate (adversarial examples)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
     return _png(fig)

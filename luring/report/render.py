@@ -14,7 +14,12 @@ from typing import Any
 from luring.errors import LuringError
 from luring.report import figures
 from luring.report import paper_numbers as paper
-from luring.report.adaptive import adaptive_table, diagnostics_table, verdict_table
+from luring.report.adaptive import (
+    adaptive_table,
+    diagnostics_table,
+    operating_point_table,
+    verdict_table,
+)
 from luring.report.tables import (
     DASH,
     NAMES,
@@ -302,6 +307,18 @@ def render_report(results: dict, run_dir: str | os.PathLike) -> Path:
                   "other test images, attacked with the MIM-W grid (per-example worst case), "
                   "judged on T and M. AC_M|fooled: M's accuracy on the examples that fool T.",
                   "", md, ""]
+    md = operating_point_table(results)
+    if md:
+        lines += ["## Detector at its operating point (ROC)", "", md, ""]
+        for attack, per_eps in sorted((results.get("roc") or {}).items()):
+            for e, curves in sorted(per_eps.items(), key=lambda kv: float(kv[0])):
+                png = figures.roc_png(curves, f"{NAMES.get(attack, attack)}, ε = {e}")
+                if png:
+                    name = f"figure_roc_{attack}_eps{e}.png"
+                    put(name, png)
+                    lines += [f"![ROC, {attack}, ε = {e}]({name})", ""]
+        lines += ["ROC curves: circle = the stored operating point, cross = the paper rule "
+                  "(flag when T ≠ M).", ""]
     md = diagnostics_table(results)
     if md:
         lines += ["## Gradient-masking diagnostics", "", md, ""]

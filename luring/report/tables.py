@@ -142,6 +142,13 @@ def _ci(row: dict, key: str) -> tuple[Any, Any]:
     return (ci[0], ci[1]) if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
 
 
+def _with_ci(v: Any, ci: tuple[Any, Any]) -> str:
+    """``0.056 [0.043, 0.072]``, or the plain value without an interval."""
+    if as_float(v) is None:
+        return DASH
+    return fmt(v) if as_float(ci[0]) is None else f"{fmt(v)} [{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
 def _ns(rows: Iterable[dict | None]) -> str:
     ns = list(dict.fromkeys(r.get("n") for r in rows if r and r.get("n") is not None))
     return "/".join(str(n) for n in ns) if ns else DASH
@@ -156,18 +163,30 @@ def clean_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
     p8 = paper.TABLE8.get(fam, {})
     models = _ordered([m for m in clean if isinstance(clean[m], dict)], ("target",) + APPROACHES)
     header = ["model", "accuracy", "accuracy_std", "agreement", "agreement_std",
-              "false_alarm_rate", "n", "paper_accuracy", "paper_agreement"]
+              "false_alarm_rate", "n", "paper_accuracy", "paper_agreement",
+              "false_alarm_ci_low", "false_alarm_ci_high", "detector_rule",
+              "detector_target_fpr", "detector_false_alarm_rate", "detector_ci_low",
+              "detector_ci_high"]
     rows, md_rows = [], []
     for m in models:
         c = clean[m]
         pa, pg = p8.get(m, (None, None))
+        det = c.get("detector") or {}
+        fa_ci, det_ci = _ci(c, "false_alarm_rate"), _ci(c, "detector_false_alarm_rate")
         rows.append([m, c.get("accuracy"), c.get("accuracy_std"), c.get("agreement"),
-                     c.get("agreement_std"), c.get("false_alarm_rate"), c.get("n"), pa, pg])
+                     c.get("agreement_std"), c.get("false_alarm_rate"), c.get("n"), pa, pg,
+                     *fa_ci, det.get("rule"), det.get("target_fpr"),
+                     c.get("detector_false_alarm_rate"), *det_ci])
         md_rows.append([NAMES.get(m, m), fmt_std(c.get("accuracy"), c.get("accuracy_std")),
                         fmt_std(c.get("agreement"), c.get("agreement_std")),
-                        fmt(c.get("false_alarm_rate")), c.get("n", DASH) or DASH]
+                        _with_ci(c.get("false_alarm_rate"), fa_ci),
+                        _with_ci(c.get("detector_false_alarm_rate"), det_ci)
+                        + (f" ({det.get('rule')}, target {fmt(det.get('target_fpr'), 2)})"
+                           if det.get("rule") else ""),
+                        c.get("n", DASH) or DASH]
                        + ([fmt(pa), fmt(pg)] if p8 else []))
-    mh = ["model", "accuracy", "agreement (T = M = y)", "false alarm (T ≠ M)", "n"]
+    mh = ["model", "accuracy", "agreement (T = M = y)", "false alarm, paper rule (T ≠ M)",
+          "false alarm at the operating point", "n"]
     if p8:
         label = paper.paper_label(fam, "test set")
         mh += [f"{label}: accuracy", f"{label}: agree"]
@@ -200,7 +219,8 @@ def defend_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
     header = ["attack", "eps", "approach", "n", "ac_mop", "ac_m", "dac",
               "ac_mop_ci_low", "ac_mop_ci_high", "ac_m_ci_low", "ac_m_ci_high",
               "dac_ci_low", "dac_ci_high", "ac_mop_std", "ac_m_std", "dac_std", "setting",
-              "paper_ac_mop", "paper_ac_m", "paper_dac", "per_seed"]
+              "paper_ac_mop", "paper_ac_m", "paper_dac", "per_seed", "detection_rate",
+              "dac_op", "dac_op_ci_low", "dac_op_ci_high", "auroc"]
     csv_rows: list[list[Any]] = []
     md = []
     for attack in attacks_in(all_rows):
@@ -218,7 +238,8 @@ def defend_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
                              *_ci(r, "ac_mop"), *_ci(r, "ac_m"), *_ci(r, "dac"),
                              std.get("ac_mop"), std.get("ac_m"), std.get("dac"),
                              json.dumps(setting, sort_keys=True) if setting else None, *pc,
-                             _per_seed(r)])
+                             _per_seed(r), r.get("detection_rate"), r.get("dac_op"),
+                             *_ci(r, "dac_op"), r.get("auroc")])
         mh = ["ε", "source", "n"] + [f"{NAMES.get(a, a)} {m}" for a in apps
                                      for m in ("AC_MoP", "AC_M", "DAC")]
         md_rows = []
