@@ -32,7 +32,9 @@ def target_dir(tmp_path_factory, trained_mnist_target):
 
 
 def _env():
-    env = dict(os.environ, LURING_NO_PROGRESS="1", PYTHONUNBUFFERED="1")
+    # one thread per process: what torchrun gives each of its processes, so that the
+    # single-process and the two-process runs compute with the same kernels
+    env = dict(os.environ, LURING_NO_PROGRESS="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1]) + os.pathsep + env.get(
         "PYTHONPATH", "")
     return env
@@ -221,3 +223,30 @@ def test_restart_gives_the_results_of_a_fresh_run(uninterrupted, target_dir, tmp
     assert "table_defend.csv" not in names and "figure3_saliency.png" in names
     assert "table_defend" not in (run / "report.md").read_text()
     assert json.loads((run / "config.json").read_text())["experiments"] == ["saliency"]
+
+
+def test_two_processes_under_torchrun_write_what_one_process_writes(uninterrupted, tmp_path):
+    """`torchrun --nproc_per_node=2 -m luring reproduce` (gloo on loopback): the models are
+    the single-process run's (copied with its config), every unit is recomputed by the two
+    processes, and results.json is byte-identical to the single-process run's."""
+    import shutil
+    import socket
+
+    run = tmp_path / "two"
+    shutil.copytree(uninterrupted, run, ignore=shutil.ignore_patterns(
+        "units", "results.json", "timings.json", "report.md", "*.csv", "*.png", ".lock"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = json.loads((uninterrupted / "config.json").read_text())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "luring.cli.main",
+           *CMD[3:], "--target", cfg["target_dir"], "--out", str(run)]
+    proc = subprocess.run(cmd, env=_env() | {"LURING_BACKEND": "gloo"}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    timings = json.loads((run / "timings.json").read_text())
+    assert timings["processes"] == 2 and timings["units_run"]  # rank 0's share, and ...
+    assert len(timings["units_reused"]) > 0  # ... the other rank's, found stored
+    assert (run / "results.json").read_bytes() == (uninterrupted / "results.json").read_bytes()
+    assert proc.stdout.count("report:") == 1  # one summary, from rank 0

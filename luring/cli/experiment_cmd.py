@@ -69,6 +69,8 @@ def _run(args: argparse.Namespace, experiments: tuple[str, ...], **fixed) -> int
                         device=args.device, data_dir=args.data_dir, experiments=experiments,
                         target_dir=args.target, restart=args.restart,
                         log=lambda m: print(m, file=sys.stderr))
+    if not results:  # a helper process of a torchrun run: rank 0 reports
+        return 0
     print(print_summary(results))
     print(f"\nreport: {args.out}/report.md   results: {args.out}/results.json")
     return 0

@@ -6,6 +6,7 @@ and exit code 2."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from luring.cli.common import LuringParser
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.handler(args)
     except LuringError as exc:
-        sys.stderr.write(f"luring: error: {exc}\n")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0 only
+            sys.stderr.write(f"luring: error: {exc}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("luring: interrupted; finished units are kept, rerun to resume\n")

@@ -26,9 +26,10 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> dict[str, 
     ``classes``, ``num_classes``, ``location`` (a directory, or ``"embedded"``) and for each
     split ``size``, ``per_class`` ({class name: count}), ``min``/``max`` pixel values (in
     [0, 1]) and ``files``. Missing or damaged files are a LuringError."""
-    from luring.data import load
+    from luring.data import dataset_classes, load
 
     spec = get_spec(name)
+    classes = list(dataset_classes(name, root))
     splits: dict[str, Any] = {}
     locations: list[Path] = []
     for split in SPLITS:
@@ -37,10 +38,10 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> dict[str, 
             files = spec.locate(split, data_root(root))
             locations += files
         x, y = load(name, split, root)
-        counts = torch.bincount(y, minlength=spec.num_classes).tolist()
+        counts = torch.bincount(y[y >= 0], minlength=len(classes)).tolist()
         splits[split] = {
             "size": int(len(y)),
-            "per_class": {c: int(n) for c, n in zip(spec.classes, counts, strict=False)},
+            "per_class": {c: int(n) for c, n in zip(classes, counts, strict=False)},
             "min": float(x.min()) if x.numel() else None,
             "max": float(x.max()) if x.numel() else None,
             "files": [str(p) for p in files],
@@ -50,8 +51,8 @@ def dataset_info(name: str, root: str | os.PathLike | None = None) -> dict[str, 
         "description": spec.description,
         "family": spec.family,
         "shape": list(spec.shape),
-        "classes": list(spec.classes),
-        "num_classes": spec.num_classes,
+        "classes": classes,
+        "num_classes": len(classes),
         "location": "embedded" if spec.embedded else _common_dir(locations),
         "splits": splits,
     }
@@ -75,7 +76,7 @@ def format_info(info: dict[str, Any]) -> str:
         lo = "n/a" if s["min"] is None else f"{s['min']:.3f}"
         hi = "n/a" if s["max"] is None else f"{s['max']:.3f}"
         lines.append(f"  {split}: {s['size']} images, values in [{lo}, {hi}]")
-    width = max(len("class"), *(len(k) for k in info["classes"]))
+    width = max([len("class"), *(len(k) for k in info["classes"])])
     lines.append(f"  label  {'class'.ljust(width)}  " + "  ".join(
         f"{split:>7}" for split in info["splits"]))
     for i, cls in enumerate(info["classes"]):

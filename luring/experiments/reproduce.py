@@ -12,7 +12,10 @@ Layout of a run directory::
     models/<approach>-s<seed>/   each defense (train-defense layout)
     units/<experiment>/  one file per finished unit (see store.py)
 
-Everything is resumable: a rerun with the same command skips finished models and units. A
+Everything is resumable: a rerun with the same command skips finished models and units.
+Under ``torchrun`` (several processes, one run directory on a shared file system), rank 0
+checks the directory and trains the models, every process then runs the units of its share of
+the (approach, seed) pairs, and rank 0 aggregates: results.json is what one process writes. A
 rerun with another identity (data set, data, settings, seed, seeds, target) is refused with a
 one-line error naming what differs; ``restart=True`` (``--restart``) clears the directory and
 starts over. Units and models carry fingerprints of what made them and are never reused for
@@ -29,6 +32,7 @@ import torch
 
 from luring.data import get_spec, load
 from luring.errors import LuringError
+from luring.experiments import shards
 from luring.experiments.adaptive import run_adaptive
 from luring.experiments.analysis import run_distortion, run_logits, run_saliency
 from luring.experiments.characterize import run_characterize
@@ -77,99 +81,150 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
     identity = {"dataset": dataset, "data": fps, "profile": profile, "settings": settings,
                 "seed": seed, "seeds": seed_list,
                 "target": user_target or "trained in models/target"}
-    with RunDir(out, restart=restart) as run:
-        old = run.check_identity(identity) or {}
-        done = [e for e in EXPERIMENTS if e in set(old.get("experiments", [])) | set(experiments)]
-        config = {"dataset": dataset, "family": spec.family, "profile": profile, "seed": seed,
-                  "seeds": seed_list, "experiments": done, "settings": settings,
-                  "target_dir": str(target_dir) if target_dir else None, "identity": identity}
-        atomic_write_json(run.path / "config.json", config | {"device": str(dev),
-                                                                "versions": versions()})
-        target, defenses = prepare_models(run, dataset, settings, seed_list, dev, data_dir,
-                                          target_dir, (x_train, y_train), (x_test, y_test),
-                                          log=log)
-        del x_train, y_train
-        model_fps = {"target": fingerprint(target)} | {
-            a: {s: fingerprint(d.augmented) for s, d in per.items()}
-            for a, per in defenses.items()}
-        first = {a: per_seed[seed_list[0]] for a, per_seed in defenses.items()}
-        results: dict[str, Any] = {
-            "dataset": dataset, "family": spec.family, "profile": profile, "seed": seed,
-            "seeds": seed_list, "settings": settings,
-            "differences_from_paper": differences_from_paper(settings, dataset),
-            "clean": _clean(target, defenses, x_test, y_test), "rows": [],
-            "fingerprints": {"data": fps, "models": model_fps},
-            "versions": versions(),
-        }
-        all_models = [target]
-        if settings["images_correct_for"] == "all":
-            all_models += [d.augmented for per in defenses.values() for d in per.values()]
+    rank, world = shards.rank_world()
+    train_split = [x_train, y_train]  # P's training images: dropped once the models exist
+    del x_train, y_train
+    with RunDir(out, restart=restart and rank == 0, lock=rank == 0) as run:
+        def models_stage() -> tuple[torch.nn.Module, dict]:
+            if rank == 0:
+                old = run.check_identity(identity) or {}
+                done = [e for e in EXPERIMENTS
+                        if e in set(old.get("experiments", [])) | set(experiments)]
+                config = {"dataset": dataset, "family": spec.family, "profile": profile,
+                          "seed": seed, "seeds": seed_list, "experiments": done,
+                          "settings": settings, "identity": identity,
+                          "target_dir": str(target_dir) if target_dir else None}
+                atomic_write_json(run.path / "config.json", config | {
+                    "device": str(dev), "versions": versions(), "processes": world})
+            return prepare_models(run, dataset, settings, seed_list, dev, data_dir, target_dir,
+                                  tuple(train_split), (x_test, y_test), log=log)
 
-        # Test images every model classifies correctly, in the run's seeded order: predicted
-        # once here, each experiment takes the first n.
-        eligible = select_images(x_test, y_test, all_models, len(x_test), seed)
-
-        def images(n: int, tag: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-            """The first n eligible test images, their labels, and what identifies them
-            (test split fingerprint and indices) with the run seed and model fingerprints,
-            for the units' identities."""
-            idx = eligible[:n]
-            if len(idx) < n:
-                log(f"note: only {len(idx)} test images are classified correctly by every "
-                    f"model; {tag} uses {len(idx)} instead of {n}")
-            ident = {"data": fps["test"], "indices": idx, "seed": seed, "models": model_fps}
-            return x_test[idx].to(dev), y_test[idx].to(dev), ident
-
-        if "characterize" in experiments:
-            x, y, ident = images(settings["characterize"]["n"], "characterize")
-            results["rows"] += run_characterize(run, target, defenses, x, y.cpu(), settings, seed,
-                                                ident)
-        outcomes: dict[tuple, dict] = {}
-        roc: dict[str, Any] = {}
-        if "defend" in experiments:
-            x, y, ident = images(settings["defend"]["n"], "defend")
-            results["rows"] += run_defend(run, target, defenses, x, y.cpu(), settings, seed,
-                                          ident, outcomes, roc)
-        if "adaptive" in experiments:
-            # the defend experiment's images; the substitute attacker's pool is other test
-            # images (never attacked), in the run's seeded order
-            x, y, ident = images(settings["defend"]["n"], "adaptive")
-            attacked = set(eligible[:settings["defend"]["n"]].tolist())
-            order = torch.randperm(len(x_test), generator=torch.Generator().manual_seed(seed))
-            pool_idx = torch.tensor([i for i in order.tolist() if i not in attacked]
-                                    [:settings["adaptive"]["substitute"]["pool"]])
-            rows, adaptive_outcomes = run_adaptive(run, target, defenses, x, y.cpu(),
-                                                   x_test[pool_idx], settings, seed,
-                                                   ident | {"pool": pool_idx}, roc)
-            results["rows"] += rows
-            outcomes |= adaptive_outcomes
-            results["diagnostics"] = run_diagnostics(run, target, defenses, x, y.cpu(),
-                                                     settings, seed, ident)
-        if roc:
-            results["roc"] = roc
-        if outcomes:
-            results["verdict"] = paired_verdict(
-                outcomes, ["mim-w", "worst-case", "adaptive-w", "adaptive-worst", "substitute"],
-                settings["eps"], list(defenses), seed_list)
-        if "distortion" in experiments:
-            x, y, ident = images(settings["distortion"]["n"], "distortion")
-            results["distortion"] = run_distortion(run, target, first, x, y.cpu(), settings,
-                                                   seed, ident)
-        if "logits" in experiments:
-            x, _, ident = images(settings["logits"]["n"], "logits")
-            results["logits"] = run_logits(run, target, first, x, settings, ident)
-        if "saliency" in experiments:
-            x, y, ident = images(settings["saliency"]["n"], "saliency")
-            run_saliency(run, target, first, x, y, ident)
-            results["saliency"] = {"unit": "units/saliency/all.safetensors"}
+        # rank 0 checks the directory and trains what is missing; then every rank loads
+        target, defenses = shards.rank0_first(models_stage)
+        train_split.clear()
+        ctx = _Context(run, target, defenses, settings, seed, seed_list, x_test, y_test, dev,
+                       fps, log)
+        ctx.dataset, ctx.profile = dataset, profile
+        if world > 1:
+            # each process runs the units of its share of (approach, seed) pairs; rank 0 then
+            # finds every unit stored and aggregates exactly what one process would
+            mine = shards.my_share([(a, s) for a in defenses for s in seed_list], rank, world)
+            part = {a: {s: d for s, d in per.items() if (a, s) in mine}
+                    for a, per in defenses.items()}
+            part = {a: per for a, per in part.items() if per}
+            shards.run_everywhere(lambda: _experiments(ctx, part, experiments, final=False)
+                                  if part else None)
+            if rank != 0:
+                return {}
+        results = _experiments(ctx, defenses, experiments, final=True)
         atomic_write_json(run.path / "results.json", results)
         wall = time.perf_counter() - started
         atomic_write_json(run.path / "timings.json", {
             "wall_time_s": wall, "units_run": run.ran, "units_reused": run.reused,
-            "units_recomputed": run.recomputed})
+            "units_recomputed": run.recomputed, "processes": world})
         from luring.report import render_report
 
         render_report(results | {"wall_time_s": wall}, run.path)
+    return results
+
+
+class _Context:
+    """What every experiment of one run shares: the run directory, the models, the test
+    split, the seeds and the fingerprints."""
+
+    def __init__(self, run, target, defenses, settings, seed, seed_list, x_test, y_test, dev,
+                 fps, log) -> None:
+        self.run, self.target, self.defenses, self.settings = run, target, defenses, settings
+        self.seed, self.seed_list, self.x_test, self.y_test = seed, seed_list, x_test, y_test
+        self.dev, self.fps, self.log = dev, fps, log
+        self.model_fps = {"target": fingerprint(target)} | {
+            a: {s: fingerprint(d.augmented) for s, d in per.items()}
+            for a, per in defenses.items()}
+        all_models = [target]
+        if settings["images_correct_for"] == "all":
+            all_models += [d.augmented for per in defenses.values() for d in per.values()]
+        # Test images every model classifies correctly, in the run's seeded order: predicted
+        # once here, each experiment takes the first n.
+        self.eligible = select_images(x_test, y_test, all_models, len(x_test), seed)
+
+    def images(self, n: int, tag: str, quiet: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """The first n eligible test images, their labels, and what identifies them (test
+        split fingerprint and indices) with the run seed and model fingerprints, for the
+        units' identities."""
+        idx = self.eligible[:n]
+        if len(idx) < n and not quiet:
+            self.log(f"note: only {len(idx)} test images are classified correctly by every "
+                     f"model; {tag} uses {len(idx)} instead of {n}")
+        ident = {"data": self.fps["test"], "indices": idx, "seed": self.seed,
+                 "models": self.model_fps}
+        return self.x_test[idx].to(self.dev), self.y_test[idx].to(self.dev), ident
+
+
+def _experiments(ctx: _Context, defenses: dict, experiments: tuple[str, ...], *,
+                 final: bool) -> dict[str, Any]:
+    """Run (or reuse) the units of ``experiments`` for ``defenses`` and return the results
+    dict (only meaningful when ``final``: every approach and seed)."""
+    run, target, settings, seed, seed_list = (ctx.run, ctx.target, ctx.settings, ctx.seed,
+                                              ctx.seed_list)
+    x_test, y_test = ctx.x_test, ctx.y_test
+    first = {a: per_seed[seed_list[0]] for a, per_seed in defenses.items()
+             if seed_list[0] in per_seed}
+    results: dict[str, Any]
+    if final:
+        results = {
+            "dataset": ctx.dataset, "family": settings["family"], "profile": ctx.profile,
+            "seed": seed, "seeds": seed_list, "settings": settings,
+            "differences_from_paper": differences_from_paper(settings, ctx.dataset),
+            "clean": _clean(target, defenses, x_test, y_test), "rows": [],
+            "fingerprints": {"data": ctx.fps, "models": ctx.model_fps},
+            "versions": versions(),
+        }
+    else:
+        results = {"rows": []}
+    images = ctx.images if final else (lambda n, tag: ctx.images(n, tag, quiet=True))
+    if "characterize" in experiments:
+        x, y, ident = images(settings["characterize"]["n"], "characterize")
+        results["rows"] += run_characterize(run, target, defenses, x, y.cpu(), settings, seed,
+                                            ident)
+    outcomes: dict[tuple, dict] = {}
+    roc: dict[str, Any] = {}
+    if "defend" in experiments:
+        x, y, ident = images(settings["defend"]["n"], "defend")
+        results["rows"] += run_defend(run, target, defenses, x, y.cpu(), settings, seed,
+                                      ident, outcomes, roc)
+    if "adaptive" in experiments:
+        # the defend experiment's images; the substitute attacker's pool is other test
+        # images (never attacked), in the run's seeded order
+        x, y, ident = images(settings["defend"]["n"], "adaptive")
+        attacked = set(ctx.eligible[:settings["defend"]["n"]].tolist())
+        order = torch.randperm(len(x_test), generator=torch.Generator().manual_seed(seed))
+        pool_idx = torch.tensor([i for i in order.tolist() if i not in attacked]
+                                [:settings["adaptive"]["substitute"]["pool"]])
+        rows, adaptive_outcomes = run_adaptive(run, target, defenses, x, y.cpu(),
+                                               x_test[pool_idx], settings, seed,
+                                               ident | {"pool": pool_idx}, roc)
+        results["rows"] += rows
+        outcomes |= adaptive_outcomes
+        results["diagnostics"] = run_diagnostics(run, target, defenses, x, y.cpu(),
+                                                 settings, seed, ident)
+    if roc:
+        results["roc"] = roc
+    if outcomes and final:
+        results["verdict"] = paired_verdict(
+            outcomes, ["mim-w", "worst-case", "adaptive-w", "adaptive-worst", "substitute"],
+            settings["eps"], list(defenses), seed_list)
+    if "distortion" in experiments and (first or final):
+        x, y, ident = images(settings["distortion"]["n"], "distortion")
+        results["distortion"] = run_distortion(run, target, first, x, y.cpu(), settings,
+                                               seed, ident)
+    if "logits" in experiments and (first or final):
+        x, _, ident = images(settings["logits"]["n"], "logits")
+        results["logits"] = run_logits(run, target, first, x, settings, ident)
+    if "saliency" in experiments and final:
+        x, y, ident = images(settings["saliency"]["n"], "saliency")
+        run_saliency(run, target, first, x, y, ident)
+        results["saliency"] = {"unit": "units/saliency/all.safetensors"}
     return results
 
 

@@ -47,15 +47,19 @@ class RunDir:
     Use as a context manager. A second process on the same directory gets a LuringError.
     """
 
-    def __init__(self, path: str | os.PathLike, *, restart: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, *, restart: bool = False,
+                 lock: bool = True) -> None:
         self.path = ensure_dir(path)
         self.restart = bool(restart)
+        self.lock = bool(lock)  # False: a helper process of a torchrun run (rank > 0)
         self._fh: Any = None
         self.ran: list[str] = []
         self.reused: list[str] = []
         self.recomputed: list[str] = []
 
     def __enter__(self) -> RunDir:
+        if not self.lock:
+            return self
         fh = open(self.path / ".lock", "a+")  # noqa: SIM115 - held for the run's duration
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

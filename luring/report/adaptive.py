@@ -154,8 +154,8 @@ def operating_point_table(results: dict) -> str:
                     if isinstance(r.get("detector"), dict) and r["detector"].get("rule")})
     head = ["attack", "ε", "n"] + [f"{NAMES.get(a, a)} {m}" for a in apps
                                    for m in ("DAC paper / op", "detected", "AUROC")]
-    return (f"Score rule(s): {', '.join(rules) or DASH}; each defense's threshold was calibrated on "
-            "held-out training images to its false-alarm target (see the clean table). DAC "
-            "op: M right or flagged at the operating point; detected: share of the "
+    return (f"Score rule(s): {', '.join(rules) or DASH}; each defense's threshold was "
+            "calibrated on held-out training images to its false-alarm target (see the clean "
+            "table). DAC op: M right or flagged at the operating point; detected: share of the "
             "adversarial examples flagged; AUROC: clean versions of the attacked images "
             "against the adversarial examples.\n\n" + md_table(head, md_rows))
