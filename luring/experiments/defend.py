@@ -116,6 +116,7 @@ def run_defend(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[in
                 if outcomes is not None:
                     keys = ("t_ok", "m_ok", "defended")
                     outcomes[(s, a, "mim-w", e)] = {k: mw[f"best_{k}"] for k in keys}
+                    outcomes[(s, a, "spsa", e)] = {k: sp[k] for k in keys}
                     outcomes[(s, a, "worst-case", e)] = dict(zip(keys, worst, strict=True))
             entry = pooled_roc(curves)
             if roc is not None:

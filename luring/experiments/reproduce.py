@@ -207,7 +207,7 @@ def _experiments(ctx: _Context, defenses: dict, experiments: tuple[str, ...], *,
         results["rows"] += rows
         outcomes |= adaptive_outcomes
         results["diagnostics"] = run_diagnostics(run, target, defenses, x, y.cpu(),
-                                                 settings, seed, ident)
+                                                 settings, seed, ident, outcomes)
     if roc:
         results["roc"] = roc
     if outcomes and final:
