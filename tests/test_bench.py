@@ -40,8 +40,11 @@ def test_tiny_run_writes_complete_json(tmp_path, monkeypatch, capsys):
     transfer = ("nifgsm", "sinifgsm", "vmifgsm", "vnifgsm")
     expected = {"bare_fwd_bwd_m", "bare_fwd_bwd_t", "bare_loop", "pgd", "mim", "dimti", "spsa",
                 "bare_forward_spsa", "eco", "bare_forward_eco", "train_p", "bare_step_p",
-                "train_m", "bare_step_m", *transfer}
+                "train_m", "bare_step_m", "mimw_one_at_a_time", "mimw_batched", *transfer}
     assert set(res["contenders"]) == expected
+    # the batched MIM-W grid gives exactly the one-at-a-time results, every repetition
+    assert res["mimw_same_results"] is True
+    assert "mimw_batched_vs_one_at_a_time" in res["ratios"]
     for c in res["contenders"].values():
         assert len(c["seconds"]) == len(c["throughput"]) == cfg.reps
         assert all(_finite_positive(t) for t in c["throughput"])

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from luring.attacks.base import check_float, check_int, eval_frozen, model_device
+from luring.attacks.batched import batchable, run_together
 from luring.attacks.dim import DIM
 from luring.attacks.iterative import IterativeAttack
 from luring.attacks.losses import check_loss
@@ -134,7 +135,8 @@ def worst_case_search(source: nn.Module, target: nn.Module, x: torch.Tensor, y: 
                       batch_size: int | None = None, progress: bool = True,
                       settings: list[dict[str, Any]] | None = None,
                       use_labels: bool = False, loss: str = "ce", kappa: float = 0.0,
-                      grad_model: nn.Module | None = None) -> WorstCaseResult:
+                      grad_model: nn.Module | None = None, together: int = 1
+                      ) -> WorstCaseResult:
     """Run the MIM-W grid on ``source`` and judge every setting on ``target``.
 
     Args:
@@ -152,6 +154,10 @@ def worst_case_search(source: nn.Module, target: nn.Module, x: torch.Tensor, y: 
             cap; a gradient source such as ``bpda(source)``). Labels and every judgement
             still come from ``source`` and ``target`` themselves. With the defaults the
             result is exactly the plain search's.
+        together: how many settings share one batched forward/backward per step
+            (:func:`luring.attacks.batched.run_together`: S settings × N images per pass;
+            those that cannot, SI-NI and VMI/VNI, run alone). The result is the same for any
+            value; larger ones keep a GPU busy. 1 (default) runs one setting at a time.
     """
     check_images(x, name="x")
     y = torch.as_tensor(y).long().cpu()
@@ -176,9 +182,17 @@ def worst_case_search(source: nn.Module, target: nn.Module, x: torch.Tensor, y: 
     # Without labels every setting attacks the source's own clean predictions: computed once
     # here (same chunks as Attack.predict, so the same labels) instead of once per setting.
     attack_y = y if use_labels else _predict(source, x, batch_size)
+    together = check_int("together", together, 1)
     bar = _progress_iter(attacks, progress)
+    done: dict[int, torch.Tensor] = {}
     for i, atk in enumerate(bar):
-        x_adv = atk(x, attack_y).cpu()
+        if i not in done and together > 1 and batchable(atk):
+            group = [j for j in range(i, len(attacks)) if batchable(attacks[j])
+                     and attacks[j].model is atk.model][:together]
+            for j, out in zip(group, run_together([attacks[j] for j in group], x,
+                                                  attack_y.to(x.device)), strict=True):
+                done[j] = out.cpu()
+        x_adv = done.pop(i) if i in done else atk(x, attack_y).cpu()
         pred_m, pred_t = _predict(target, x_adv, batch_size), _predict(source, x_adv, batch_size)
         m_ok, t_ok, agree = pred_m == y, pred_t == y, pred_t == pred_m
         defended = m_ok | ~agree

@@ -30,6 +30,7 @@ TARGETS: dict[str, tuple[str, str, float | None]] = {
     "train_p_vs_step": ("train_p", "bare_step_p", 0.9),
     "train_m_vs_step": ("train_m", "bare_step_m", None),
     "t_vs_m_fwd_bwd": ("bare_fwd_bwd_t", "bare_fwd_bwd_m", None),
+    "mimw_batched_vs_one_at_a_time": ("mimw_batched", "mimw_one_at_a_time", None),
     "mim_vs_torchattacks": ("mim", "torchattacks_mifgsm", 1.0),
     "mim_vs_art": ("mim", "art_mim", 1.0),
 }

@@ -27,6 +27,7 @@ _TARGET_TEXT = {
     "train_p_vs_step": "P training (train_defense) / bare Adam step",
     "mim_vs_torchattacks": "luring MIM / torchattacks MIFGSM",
     "mim_vs_art": "luring MIM / ART MomentumIterativeMethod",
+    "mimw_batched_vs_one_at_a_time": "MIM-W grid, settings batched / one at a time",
 }
 
 
@@ -63,6 +64,12 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             rows.append(_row(f"agreement_{lib}", desc, None, "<=", AGREEMENT_MAX_POINTS,
                              f"skipped: {skipped.get(lib, 'not measured')}"))
+    if "mimw_same_results" in result:
+        same = result["mimw_same_results"]
+        rows.append({"name": "mimw_batched_same_results",
+                     "description": "MIM-W grid batched gives the one-at-a-time results "
+                     "(fingerprints of every repetition equal)", "value": same, "op": "==",
+                     "threshold": True, "pass": bool(same), "note": ""})
     scaling = (result.get("memory") or {}).get("spsa_scaling") or {}
     samples = scaling.get("samples") or [0]
     rows.append(_row("spsa_memory_flat", f"SPSA peak RSS at {samples[-1]} samples / at "

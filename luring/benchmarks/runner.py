@@ -234,6 +234,12 @@ def _run(cfg: BenchConfig, dev: torch.device, seed: int, demo: bool,
                    "contenders": _child_memory(env, names, Path(tmp), say)}
         mem["spsa_scaling"] = _spsa_scaling(env, Path(tmp), say)
     result["memory"] = mem
+    by_name = {c.name: c for c in contenders}
+    if "mimw_batched" in by_name and "mimw_one_at_a_time" in by_name:
+        fps = {n: by_name[n].notes.get("results", []) for n in ("mimw_batched",
+                                                                 "mimw_one_at_a_time")}
+        result["mimw_same_results"] = bool(fps["mimw_batched"]) and len(
+            set(fps["mimw_batched"]) | set(fps["mimw_one_at_a_time"])) == 1
     lib_names = [n for n in names if n in libs]
     say("library agreement check" if lib_names else "agreement check (no library installed)")
     result["agreement"] = agreement(env, lib_names)

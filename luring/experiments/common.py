@@ -12,7 +12,20 @@ from torch import nn
 from luring.experiments.profiles import step_size
 from luring.models import predict_labels
 
-__all__ = ["select_images", "unit_seed", "make_attack", "aggregate", "mean_std"]
+__all__ = ["select_images", "unit_seed", "make_attack", "aggregate", "mean_std", "together"]
+
+
+def together(n: int) -> int:
+    """How many attack settings share one batched pass over ``n`` images (MIM-W grids):
+    ``$LURING_BATCH_IMAGES`` (default 1024) images per pass. Results do not depend on it
+    (:func:`luring.attacks.batched.run_together`), only speed and memory do."""
+    import os
+
+    try:
+        cap = int(os.environ.get("LURING_BATCH_IMAGES", "1024"))
+    except ValueError:
+        cap = 1024
+    return max(1, cap // max(n, 1))
 
 
 

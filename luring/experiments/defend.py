@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from luring.experiments.common import aggregate, make_attack, unit_seed
+from luring.experiments.common import aggregate, make_attack, together, unit_seed
 from luring.experiments.profiles import step_size
 from luring.experiments.store import RunDir
 from luring.metrics import correct, dac_ok, rate, worst_case
@@ -39,7 +39,8 @@ def _mimw_unit(model, target, x, y, eps, cfg, seed):
     steps = int(cfg["steps"])
     res = worst_case_search(model, target, x, y, eps, steps=steps, mu=cfg["mu"],
                             alpha=step_size(cfg["step_size"], eps, steps),
-                            settings=mimw_settings(cfg), seed=seed, progress=False)
+                            settings=mimw_settings(cfg), seed=seed, progress=False,
+                            together=together(len(x)))
     best = res.best
     tensors = {"best_t_ok": res.best_t_correct, "best_m_ok": res.best_m_correct,
                "best_defended": res.best_defended, "t_ok_all": res.ac_mop_all,
