@@ -57,7 +57,8 @@ def luring_classes(t_logits: torch.Tensor, m_logits: torch.Tensor
 
 
 def luring_loss(t_logits: torch.Tensor, m_logits: torch.Tensor, lam: float,
-                reduction: str = "mean") -> torch.Tensor:
+                reduction: str = "mean", *, cap: float | None = None,
+                margin: float = 0.0) -> torch.Tensor:
     """Equation 2 of the paper, averaged over the batch.
 
     ``t_logits``: (N, C) logits of T = M∘P (gradient flows through them);
@@ -69,16 +70,33 @@ def luring_loss(t_logits: torch.Tensor, m_logits: torch.Tensor, lam: float,
 
     ``lam`` (λ) must be a finite number > 0 (1 for MNIST/SVHN, 0.15 for CIFAR10 in the paper).
     ``reduction``: ``"mean"`` (scalar, the default) or ``"none"`` (shape (N,)).
+
+    Options (not in the paper; the defaults give equation 2 exactly):
+
+    * ``cap`` (``None`` or > 0): a bounded first term, ``-λ min(t_y - t_a, cap)``: once T's
+      margin between y and a exceeds ``cap`` that term stops pushing (no gradient), so it no
+      longer drives T's logits and P's output sigmoid to saturation;
+    * ``margin`` (≥ 0): the hinge asks for T's class y to lead b by ``margin``:
+      ``max(0, t_b - t_y + margin)``, so that T's decisions are not left at its boundary.
+
+        L = -λ min(t_y - t_a, cap) + max(0, t_b - t_y + margin).
     """
     if not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam <= 0:
         raise LuringError(f"the luring coefficient lambda must be a finite number > 0, got {lam}")
     if reduction not in ("mean", "none"):
         raise LuringError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float))
+                            or not math.isfinite(cap) or cap <= 0):
+        raise LuringError(f"the luring cap must be None or a finite number > 0, got {cap!r}")
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) \
+            or not math.isfinite(margin) or margin < 0:
+        raise LuringError(f"the luring margin must be a finite number ≥ 0, got {margin!r}")
     y, a, b = luring_classes(t_logits, m_logits)
     t_y = t_logits.gather(1, y[:, None]).squeeze(1)
     t_a = t_logits.gather(1, a[:, None]).squeeze(1)
     t_b = t_logits.gather(1, b[:, None]).squeeze(1)
-    per_example = -lam * (t_y - t_a) + torch.clamp(t_b - t_y, min=0)
+    first = t_y - t_a if cap is None else torch.clamp(t_y - t_a, max=float(cap))
+    per_example = -lam * first + torch.clamp(t_b - t_y + float(margin), min=0)
     return per_example.mean() if reduction == "mean" else per_example
 
 

@@ -31,7 +31,8 @@ from luring.models.augment import random_affine
 from luring.models.predict import predict_logits
 from luring.utils import check_images, make_generator, progress, resolve_device
 
-__all__ = ["train_defense", "TrainedDefense", "ImageBatches", "init_parameters", "lr_at"]
+__all__ = ["train_defense", "TrainedDefense", "ImageBatches", "init_parameters", "lr_at",
+           "budget", "component_kwargs"]
 
 
 @dataclass
@@ -151,15 +152,17 @@ class ImageBatches:
 
 
 def _luring_plan(target: nn.Module, component: nn.Module, m_logits: torch.Tensor,
-                 method: str, lam: float | None) -> _Plan:
+                 method: str, lam: float | None, cap: float | None = None,
+                 margin: float = 0.0) -> _Plan:
     """Luring or C_E: P trained through the frozen M against M's logits ``m_logits`` (N, K),
-    already on the training device, indexed by each batch's image indices."""
+    already on the training device, indexed by each batch's image indices (luring: with the
+    loss options ``cap`` and ``margin`` of :func:`luring_loss`)."""
     t = Stacked(component, target)
     if method == "luring":
         lam_f = float(lam)  # type: ignore[arg-type]
 
         def loss(xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return luring_loss(t(xb), m_logits[idx], lam_f)
+            return luring_loss(t(xb), m_logits[idx], lam_f, cap=cap, margin=margin)
     else:
         def loss(xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             return soft_cross_entropy(t(xb), m_logits[idx])
@@ -200,7 +203,7 @@ def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "lur
     dev = resolve_device(device)
     c_in = images.shape[1]
     comp_arch = component_arch or default_architectures(s.get("family", family))[1]
-    comp_kwargs = {"dropout": float(s.get("dropout", 0.0))}
+    comp_kwargs = component_kwargs(s, comp_arch)
     gen = make_generator(seed)
     # Held-out split (label-free selection) and the training indices.
     n = len(images)
@@ -222,13 +225,16 @@ def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "lur
             torch.manual_seed(seed)  # dropout only; everything else uses ``gen``
             component = init_parameters(build(comp_arch, in_channels=c_in, **comp_kwargs),
                                         s["init"], gen).to(dev)
+            if hasattr(component, "init_identity"):
+                component.init_identity()  # residual P starts as the identity
             need_all = method in ("luring", "ce")
             m_logits = predict_logits(target, images if need_all else images[val_idx],
                                       s["eval_batch_size"], dev)
             m_val = m_logits[val_idx] if need_all else m_logits
             if need_all:
                 plan = _luring_plan(target, component, m_logits.to(dev), method,
-                                    s.get("lambda"))
+                                    s.get("lambda"), s.get("cap"),
+                                    float(s.get("margin") or 0.0))
             elif method == "auto":
                 plan = auto_plan(target, component)
             else:  # stack
@@ -248,6 +254,31 @@ def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "lur
                           settings=s, selection=selection, history=history, seconds=seconds,
                           component_arch=comp_arch, component_kwargs=comp_kwargs,
                           head_arch=plan.head_arch, head_kwargs=plan.head_kwargs)
+
+
+def component_kwargs(settings: dict[str, Any], arch: str) -> dict[str, Any]:
+    """P's constructor options from the settings: ``dropout`` always, ``width`` and
+    ``residual`` only when they differ from table 5 (so earlier sidecars are unchanged); those
+    two exist for ``mnist-component`` only (LuringError otherwise)."""
+    kw: dict[str, Any] = {"dropout": float(settings.get("dropout", 0.0))}
+    extra = {k: v for k, v in (("width", int(settings.get("width") or 1)),
+                               ("residual", bool(settings.get("residual", False))))
+             if v != {"width": 1, "residual": False}[k]}
+    if extra and arch != "mnist-component":
+        raise LuringError(f"P options {', '.join(sorted(extra))} exist for mnist-component "
+                          f"only, not {arch!r}; leave width 1 and residual false")
+    kw.update(extra)
+    return kw
+
+
+def budget(settings: dict[str, Any], steps_per_epoch: int) -> tuple[int, float]:
+    """(total optimisation steps, fraction of the nominal schedule): ``epochs × steps per
+    epoch``, cut to ``max_steps`` when set. The schedule runs in nominal epochs: step k is at
+    ``k / (steps_per_epoch × fraction)`` epochs, so the whole schedule fits the budget."""
+    nominal = int(settings["epochs"]) * steps_per_epoch
+    ms = settings.get("max_steps")
+    total = nominal if ms is None else min(nominal, int(ms))
+    return total, total / max(nominal, 1)
 
 
 def _evaluate(plan: _Plan, component: nn.Module, x_val: torch.Tensor, m_val: torch.Tensor,
@@ -305,10 +336,13 @@ def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: to
     """The optimisation loop with periodic held-out evaluation and best-checkpoint keeping."""
     batches = ImageBatches(images, train_idx, s["batch_size"], gen, dev, s.get("augment"))
     spe = len(batches)
+    total, frac = budget(s, spe)
+    eff = spe * frac  # optimisation steps per nominal epoch of the schedule
     opt = torch.optim.Adam(plan.params, lr=lr_at(s, 0.0))
-    every = s["eval_every"] or spe
+    every = s["eval_every"] or max(1, int(round(eff)))
     x_val = images[val_idx]
     by_rec = s["selection"] == "reconstruction"
+    by_last = s["selection"] == "last"
     best: tuple[float, dict[str, Any], list[dict[str, torch.Tensor]]] | None = None
     history: list[dict[str, Any]] = []
     step, loss_n, t0 = 0, 0, time.perf_counter()
@@ -318,11 +352,13 @@ def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: to
     shadow = [t.detach().clone() for t in averaged] if ema else None
     for m in plan.modules:
         m.train()
-    bar = progress(total=spe * s["epochs"], desc=desc, unit="step")
+    bar = progress(total=total, desc=desc, unit="step")
     try:
-        for _epoch in range(s["epochs"]):
+        while step < total:
             for xb, idx in batches:
-                lr = lr_at(s, step / spe)
+                if step >= total:
+                    break
+                lr = lr_at(s, step / eff)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
@@ -338,7 +374,7 @@ def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: to
                 loss_sum += loss.detach()
                 loss_n += 1
                 bar.update(1)
-                if step % every and step != spe * s["epochs"]:
+                if step % every and step != total:
                     continue
                 rec = {"epoch": round(step / spe, 4), "step": step, "lr": lr,
                        "loss": loss_sum.item() / max(loss_n, 1),
@@ -348,7 +384,8 @@ def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: to
                     with _averaged(averaged, shadow):
                         rec.update(_evaluate(plan, component, x_val, m_val,
                                              s["eval_batch_size"], dev))
-                        score = -rec["val_reconstruction"] if by_rec else rec["val_agreement"]
+                        score = -rec["val_reconstruction"] if by_rec else \
+                            float(step) if by_last else rec["val_agreement"]
                         if best is None or score >= best[0]:
                             best = (score, dict(rec), [{k: v.detach().clone() for k, v in
                                                         m.state_dict().items()}
@@ -366,7 +403,8 @@ def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: to
     for m, state in zip(plan.modules, best[2], strict=True):
         m.load_state_dict(state)
     chosen = best[1]
-    selection = {"rule": "min-reconstruction" if by_rec else "max-agreement",
+    selection = {"rule": "min-reconstruction" if by_rec else "last" if by_last else
+                 "max-agreement",
                  "epoch": chosen["epoch"], "step": chosen["step"],
                  "agreement": chosen["val_agreement"],
                  "reconstruction": chosen["val_reconstruction"], "n": len(val_idx)}

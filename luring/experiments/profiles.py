@@ -11,11 +11,15 @@ from typing import Any
 
 from luring.errors import LuringError
 
-__all__ = ["PROFILES", "resolve_profile", "APPROACHES", "EXPERIMENTS", "ECO_BLOCK", "ECO_BATCH",
+__all__ = ["PROFILES", "resolve_profile", "APPROACHES", "EXPERIMENTS", "EXTRA_EXPERIMENTS",
+           "ECO_BLOCK", "ECO_BATCH",
            "L2_BOUND", "differences_from_paper"]
 
 APPROACHES = ("stack", "auto", "ce", "luring")
 EXPERIMENTS = ("characterize", "defend", "adaptive", "distortion", "logits", "saliency")
+#: Accepted by ``--experiments`` and the per-experiment commands, not run by default:
+#: appendix H.2 (tables 18-19, luring on an adversarially trained M) and appendix I (table 20).
+EXTRA_EXPERIMENTS = ("advtrain", "trapdoor")
 #: The adaptive family's transfer attacks (not in the paper), with the attacks' defaults.
 _TRANSFER = [{"attack": "ni-fgsm"}, {"attack": "si-ni-fgsm"}, {"attack": "vmi-fgsm"},
              {"attack": "vni-fgsm"}]
@@ -25,6 +29,8 @@ _PASSES = [["ce", "plain"], ["ce", "bpda"], ["margin", "plain"], ["margin", "bpd
 
 _EPS = {"mnist": [0.2, 0.3, 0.4], "svhn": [0.03, 0.06, 0.08], "cifar10": [0.02, 0.03, 0.04]}
 _MIMW_STEPS = {"mnist": 1000, "svhn": 500, "cifar10": 100}
+#: Table 19's ε per family (appendix H.2).
+_ADV_EPS = {"mnist": 0.3, "svhn": 0.03, "cifar10": 0.03}
 #: Per family: the l2 bound of MIM-L2 and ECO's initial block size (appendices D and F).
 L2_BOUND = {"mnist": 30.0, "svhn": 2.0, "cifar10": 2.0}
 ECO_BLOCK = {"mnist": 2, "svhn": 8, "cifar10": 4}
@@ -59,6 +65,14 @@ def _paper(family: str) -> dict[str, Any]:
                        "initial_const": 0.5},
         "logits": {"n": 1000},
         "saliency": {"n": 3},
+        # appendix H.2 (tables 18, 19): M adversarially trained with H.2's PGD (``target``:
+        # TargetSettings overrides), its luring P as the run's; white-box PGD on M (40 steps
+        # of 0.01); the transfer attacks are defend.mim_w's and FGSM, plus the adaptive family
+        "advtrain": {"n": 1000, "eps": [_ADV_EPS[family]], "target": {},
+                     "whitebox": {"steps": 40, "step_size": 0.01}},
+        # appendix I (table 20): a trapdoored model as the public model (``settings``:
+        # overrides of trapdoor_settings(family, profile)), attacked like defend.mim_w + FGSM
+        "trapdoor": {"n": 1000, "settings": {}, "train_images": None},
         # not in the paper: the adaptive evaluation (on the defend images), its masking
         # diagnostics and the substitute-model attacker of Papernot et al. (2017)
         "adaptive": {"steps": _MIMW_STEPS[family], "step_size": 0.01, "mu": 1.0,
@@ -80,6 +94,9 @@ def _quick(family: str) -> dict[str, Any]:
     # M (50 and 200 epochs in appendix A) are cut to 3 for a quick look.
     if family != "mnist":
         p["target"] = {"epochs": 3}
+    else:  # a budget in optimisation steps: 643 on mnist-5k (5 epochs), at most 4,000 on
+        # 60,000 images (Fashion-MNIST, full MNIST) instead of 10,700 (docs/tuning.md)
+        p["target"] = {"max_steps": 4000}
     p["characterize"].update(n=100, steps=10, step_size="2.5*eps/steps", step_size_l2=2.0)
     p["defend"].update(n=50)
     p["defend"]["spsa"].update(iterations=10, samples=16)
@@ -88,6 +105,13 @@ def _quick(family: str) -> dict[str, Any]:
                                 kernel_sizes=[5, 10])
     p["distortion"].update(n=20, binary_steps=4, iterations=30)
     p["logits"].update(n=100)
+    # H.2's PGD training cut to fit a 2-core CPU (see the disclosure): MNIST 5 steps of
+    # 2.5ε/5 instead of 40 of 0.1, ε ramped from 0 over the first epoch, 3 epochs
+    p["advtrain"].update(n=50)
+    if family == "mnist":
+        p["advtrain"]["target"] = {"epochs": 3, "adv_steps": 5, "adv_step_size": 0.15,
+                                   "adv_ramp_epochs": 1.0}
+    p["trapdoor"].update(n=50)
     # the adaptive subset that fits the demo: MIM and DIM of the grid and the four transfer
     # attacks (fewer scale copies / neighbours), in the strongest of the four (loss, gradient)
     # passes, logit margin with BPDA (plain cross-entropy is MIM-W's own); a substitute on 200
@@ -117,6 +141,8 @@ def _smoke(family: str) -> dict[str, Any]:
     p["distortion"].update(n=6, binary_steps=2, iterations=5)
     p["logits"].update(n=8)
     p["saliency"].update(n=2)
+    p["advtrain"].update(n=8, target={"epochs": 1, "adv_steps": 1, "max_steps": 20})
+    p["trapdoor"].update(n=8, settings={"trap_epochs": 1}, train_images=600)
     p["adaptive"].update(steps=2, passes=[["margin", "bpda"]])
     p["adaptive"]["transfer_attacks"] = [{"attack": "ni-fgsm"}]
     p["adaptive"]["substitute"].update(pool=40, epochs=1, rounds=0)

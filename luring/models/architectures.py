@@ -99,25 +99,46 @@ class MnistComponent(nn.Module):
     Conv(8)-ReLU-Up → 8, Conv(8)-ReLU-Up → 16, Conv(16, valid)-ReLU → 14, Up → 28,
     Conv(C)-Sigmoid. Input and output (N, C, 28, 28). ``dropout`` is applied to the
     bottleneck when set.
+
+    Options (not in table 5; the defaults are the table's P): ``width`` multiplies every
+    channel count (16, 8 → 16·width, 8·width; a larger P for textured images), and
+    ``residual=True`` makes P a bounded correction of its input, ``P(x) = clamp(x +
+    tanh(f(x)), 0, 1)`` with f the decoder without its sigmoid; :meth:`init_identity` zeroes
+    f's last convolution so that P starts as the identity (T = M at the first step).
     """
 
-    def __init__(self, in_channels: int = 1, dropout: float = 0.0) -> None:
+    def __init__(self, in_channels: int = 1, dropout: float = 0.0, width: int = 1,
+                 residual: bool = False) -> None:
         super().__init__()
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise LuringError(f"component width must be an integer ≥ 1, got {width!r}")
+        w16, w8 = 16 * width, 8 * width
+        self.residual = bool(residual)
         self.encoder = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(16, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, w16, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(w16, w8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(w8, w8, 3, stride=2, padding=1), nn.ReLU(inplace=True),
         )
         self.dropout = nn.Dropout(dropout)
         self.decoder = nn.Sequential(
-            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Upsample(scale_factor=2),
-            nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Upsample(scale_factor=2),
-            nn.Conv2d(8, 16, 3), nn.ReLU(inplace=True), nn.Upsample(scale_factor=2),
-            nn.Conv2d(16, in_channels, 3, padding=1), nn.Sigmoid(),
+            nn.Conv2d(w8, w8, 3, padding=1), nn.ReLU(inplace=True), nn.Upsample(scale_factor=2),
+            nn.Conv2d(w8, w8, 3, padding=1), nn.ReLU(inplace=True), nn.Upsample(scale_factor=2),
+            nn.Conv2d(w8, w16, 3), nn.ReLU(inplace=True), nn.Upsample(scale_factor=2),
+            nn.Conv2d(w16, in_channels, 3, padding=1),
+            *([] if self.residual else [nn.Sigmoid()]),
         )
 
+    def init_identity(self) -> None:
+        """Residual P only: zero the last convolution (weights and bias), so P(x) = x."""
+        if self.residual:
+            last = self.decoder[-1]
+            with torch.no_grad():
+                last.weight.zero_()
+                last.bias.zero_()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.dropout(self.encoder(x)))
+        f = self.decoder(self.dropout(self.encoder(x)))
+        return torch.clamp(x + torch.tanh(f), 0.0, 1.0) if self.residual else f
 
 
 class VggComponent(nn.Module):
