@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from luring.utils import atomic_write_json, fingerprint, read_json, to_jsonable
 
 IDENTITY = "identity.json"
 
-__all__ = ["prepare_models"]
+__all__ = ["prepare_models", "build_dir", "check_reuse", "train_defense_dir"]
 
 
 def _build_dir(final: Path, build: Callable[[Path], None], identity: dict[str, Any]) -> None:
@@ -69,8 +70,9 @@ def prepare_models(run: RunDir, dataset: str, settings: dict[str, Any], seeds: l
         tdir = Path(target_dir)
     else:
         tdir = models / "target"
-        t_ident = {"dataset": dataset, "data": data_fp, "settings": settings["target"],
-                   "seed": seeds[0]}
+        t_ident = {"dataset": dataset, "data": data_fp, "seed": seeds[0],
+                   "settings": to_jsonable(asdict(target_settings(
+                       spec.family, **settings["target"])))}
         if not (tdir / "model.json").exists():
             log("training the target M ...")
             ts = target_settings(spec.family, **settings["target"])
@@ -90,7 +92,8 @@ def prepare_models(run: RunDir, dataset: str, settings: dict[str, Any], seeds: l
         for s in seeds:
             ddir = models / f"{approach}-s{s}"
             d_ident = {"method": approach, "seed": s, "dataset": dataset, "data": data_fp,
-                       "profile": settings["profile"], "settings": settings["defense"],
+                       "profile": settings["profile"],
+                       "settings": _resolved_defense(spec, approach, settings),
                        "train_images": settings.get("defense_train_images"),
                        "target": target_fp}
             if not (ddir / "defense.json").exists():
@@ -108,6 +111,15 @@ def prepare_models(run: RunDir, dataset: str, settings: dict[str, Any], seeds: l
     return target, defenses
 
 
+def _resolved_defense(spec, method: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The fully resolved P settings a run trains ``method`` with (what identifies it)."""
+    from luring.defense import defense_settings, resolve_settings
+
+    profile = "quick" if settings["profile"] == "smoke" else settings["profile"]
+    return resolve_settings(defense_settings(spec.family, method, profile, dataset=spec.name),
+                            **settings["defense"])
+
+
 def _train_defense(target, tmeta, tdir, out, method, spec, settings, seed, device, data):
     from luring.defense import build_defense, defense_settings, resolve_settings
 
@@ -117,7 +129,13 @@ def _train_defense(target, tmeta, tdir, out, method, spec, settings, seed, devic
         keep = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(seed))[:limit]
         x_tr, y_tr = x_tr[keep], y_tr[keep]
     profile = "quick" if settings["profile"] == "smoke" else settings["profile"]
-    s = resolve_settings(defense_settings(spec.family, method, profile), **settings["defense"])
+    s = resolve_settings(defense_settings(spec.family, method, profile, dataset=spec.name),
+                         **settings["defense"])
     build_defense(out, target, tmeta, x_tr, (x_te, y_te), method=method, settings=s,
                   family=spec.family, dataset=spec.name, seed=seed, device=device, labels=y_tr,
                   target_dir=str(tdir))
+
+
+#: Public names of the helpers above, for the experiments that train models of their own
+#: (``advtrain``: ``models/advtrain-*``; ``trapdoor``: ``models/trapdoor-s<seed>``).
+build_dir, check_reuse, train_defense_dir = _build_dir, _check_reuse, _train_defense
