@@ -54,6 +54,7 @@ def test_attack_cli_end_to_end(source_dir, tmp_path, capsys):
     assert meta["success_rate"] == pytest.approx(
         float((t["pred_adv"] != t["pred_clean"]).float().mean()))
     assert meta["success_rate"] > 0.5 and meta["dataset"] == "mnist-5k"
+    assert meta["device"] == "cpu" and meta["params"]["batch_size"] == 8
     assert {"torch", "luring"} <= set(meta["versions"]) and meta["wall_time_s"] > 0
     assert not list(out.glob(".*.tmp"))
 

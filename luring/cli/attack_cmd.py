@@ -13,6 +13,14 @@ and ``--out`` receives ``adversarial.safetensors`` (x, x_adv, y, pred_clean, pre
 Gradient attacks take ``--loss`` / ``--kappa`` and ``--bpda`` (gradients through the
 source's saturating layers by the straight-through estimate; success is still judged on the
 source itself).
+
+Under ``torchrun --nproc_per_node=K -m luring attack ...`` the chunks of ``--batch-size``
+images (default: one chunk per process) are split in contiguous blocks over the K processes;
+each attacks its block with the seeds, batches and ``start_index`` a single process uses for
+it, rank 0 gathers and writes. With ``--batch-size`` the outputs are one process's, byte for
+byte (``wall_time_s`` apart: the slowest block's); without it each process attacks its block
+as one chunk (the images of one process with ``--batch-size ceil(N/K)``; ``n_forward`` and
+``n_backward`` count those passes). Nothing is resumable: a run that stops writes nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import Any
 import torch
 from safetensors.torch import save as st_save
 
+from luring import distributed
 from luring.attacks import ATTACKS, LOSSES, attack_parameters, bpda, create
 from luring.cli.common import (
     LuringParser,
@@ -43,7 +52,6 @@ from luring.utils import (
     ensure_dir,
     progress,
     read_json,
-    resolve_device,
     versions,
 )
 
@@ -173,12 +181,17 @@ def _resolve_params(args: argparse.Namespace, family: str | None) -> dict[str, A
 
 
 def run_attack(args: argparse.Namespace) -> int:
-    """Handler of ``luring attack``."""
-    from luring.data import get_spec, load
-    from luring.models import predict_labels
+    """Handler of ``luring attack`` (one process, or every process under torchrun)."""
+    with distributed.process_group(args.device) as device:
+        return _attack(args, device)
 
-    device = resolve_device(args.device)
-    out = ensure_dir(args.out)
+
+def _prepare(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Load the source and the images, check them, build the attack (every rank; only rank 0
+    creates ``--out``)."""
+    from luring.data import get_spec, load
+
+    out = ensure_dir(args.out) if distributed.is_main() else Path(args.out)
     src = Path(args.source)
     model, dataset, kind = _load_source(src, device)
     dataset = args.dataset or dataset
@@ -203,23 +216,56 @@ def run_attack(args: argparse.Namespace) -> int:
         params["grad_model"] = bpda(model)
     atk = create(args.attack, model, eps=args.eps, seed=args.seed, batch_size=args.batch_size,
                  **params)
-    step = args.batch_size or len(x)
+    return {"out": out, "src": src, "model": model, "dataset": dataset, "kind": kind, "x": x,
+            "y": y, "atk": atk}
+
+
+def _attack_shard(s: dict[str, Any], lo: int, hi: int, step: int, device: torch.device,
+                  name: str) -> dict[str, Any]:
+    """Attack images ``lo .. hi-1`` in chunks of ``step`` starting at ``lo`` (a multiple of
+    ``step``): the chunks, seeds and batches a single process uses for them."""
+    from luring.models import predict_labels
+
+    atk, model, x = s["atk"], s["model"], s["x"][lo:hi]
     counts = {"n_forward": 0, "n_backward": 0, "n_queries": 0}
     parts, extra = [], {"queries": [], "success": [], "l2": []}
     t0 = time.perf_counter()
-    bar = progress(range(0, len(x), step), total=-(-len(x) // step), desc=f"attack {args.attack}",
+    bar = progress(range(0, len(x), step), total=-(-len(x) // step), desc=f"attack {name}",
                    unit="chunk")
-    for s in bar:
-        parts.append(atk(x[s:s + step].to(device), start_index=s).cpu())
+    for c in bar:
+        parts.append(atk(x[c:c + step].to(device), start_index=lo + c).cpu())
         for k in counts:
             counts[k] += getattr(atk, k)
         for k in extra:
             if hasattr(atk, k):
                 extra[k].append(getattr(atk, k).cpu())
     wall = time.perf_counter() - t0
-    x_adv = torch.cat(parts)
-    pred_clean = predict_labels(model, x, step, device)
-    pred_adv = predict_labels(model, x_adv, step, device)
+    x_adv = torch.cat(parts) if parts else x.clone()
+    return {"x_adv": x_adv, "pred_clean": predict_labels(model, x, step, device),
+            "pred_adv": predict_labels(model, x_adv, step, device), "counts": counts,
+            "extra": {k: torch.cat(v) for k, v in extra.items() if v}, "wall": wall}
+
+
+def _attack(args: argparse.Namespace, device: torch.device) -> int:
+    s = distributed.everywhere(lambda: _prepare(args, device))
+    out, x, y, atk, dataset = s["out"], s["x"], s["y"], s["atk"], s["dataset"]
+    n, world = len(x), distributed.world_size()
+    # the unit of work is the chunk of --batch-size images (default: all of them, or one
+    # chunk per process under torchrun); each rank attacks a contiguous block of chunks
+    step = args.batch_size or -(-n // world)
+    c_lo, c_hi = distributed.shard_range(-(-n // step), distributed.rank(), world)
+    lo, hi = min(c_lo * step, n), min(c_hi * step, n)
+    mine = distributed.everywhere(lambda: _attack_shard(s, lo, hi, step, device, args.attack))
+    idx = torch.arange(lo, hi)
+    x_adv, pred_clean, pred_adv = (distributed.gather_tensors(mine[k], idx, n)
+                                   for k in ("x_adv", "pred_clean", "pred_adv"))
+    keys = sorted(set().union(*distributed.gather_objects(sorted(mine["extra"]))))
+    extra = {k: distributed.gather_tensors(mine["extra"].get(k), idx, n) for k in keys}
+    counts = dict(zip(mine["counts"], distributed.all_sum(list(mine["counts"].values())),
+                      strict=True))
+    wall = max(distributed.gather_objects(mine["wall"]))
+    if not distributed.is_main():
+        return 0  # rank 0 writes
     tensors = {"x": x, "x_adv": x_adv, "y": y.long(), "pred_clean": pred_clean,
                "pred_adv": pred_adv}
     atomic_write_bytes(out / "adversarial.safetensors",
@@ -229,23 +275,23 @@ def run_attack(args: argparse.Namespace) -> int:
     delta = (x_adv.double() - x.double()).flatten(1)
     record: dict[str, Any] = {
         "format": "luring-attack/1", "attack": args.attack, "class": type(atk).__name__,
-        "params": atk.params(), "eps": args.eps, "n": len(x), "seed": args.seed,
-        "dataset": dataset, "source": str(src), "source_kind": kind, "device": str(device),
-        "bpda": bool(args.bpda),
+        "params": atk.params(), "eps": args.eps, "n": n, "seed": args.seed,
+        "dataset": dataset, "source": str(s["src"]), "source_kind": s["kind"],
+        "device": device.type, "bpda": bool(args.bpda),
         **counts,
         "success_rate": float(fooled.float().mean()),
         "success_rate_on_correct": float(fooled[correct].float().mean()) if correct.any()
         else None,
         "accuracy_clean": float(correct.float().mean()),
         "accuracy_adv": float((pred_adv == y).float().mean()),
-        "linf_max": float(delta.abs().max()) if len(x) else 0.0,
-        "l2_mean": float(delta.norm(dim=1).mean()) if len(x) else 0.0,
+        "linf_max": float(delta.abs().max()) if n else 0.0,
+        "l2_mean": float(delta.norm(dim=1).mean()) if n else 0.0,
         "wall_time_s": wall, "versions": versions(),
     }
     for k, v in extra.items():
-        if v:
-            record[k] = torch.cat(v).tolist()
+        record[k] = v.tolist()
     atomic_write_json(out / "attack.json", record)
-    print(f"{args.attack} eps={args.eps:g} on {len(x)} {dataset} test images: success rate "
-          f"{record['success_rate']:.3f} on the source ({wall:.1f} s); wrote {out}")
+    procs = f", {world} processes" if world > 1 else ""
+    print(f"{args.attack} eps={args.eps:g} on {n} {dataset} test images: success rate "
+          f"{record['success_rate']:.3f} on the source ({wall:.1f} s{procs}); wrote {out}")
     return 0

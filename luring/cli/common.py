@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["add_common", "nonneg_int", "pos_int", "unit_float", "pos_float", "nonneg_float",
-           "fraction", "LuringParser"]
+__all__ = ["add_common", "add_amp", "nonneg_int", "pos_int", "unit_float", "pos_float",
+           "nonneg_float", "fraction", "LuringParser"]
 
 
 class LuringParser(argparse.ArgumentParser):
@@ -30,6 +30,14 @@ def add_common(p: argparse.ArgumentParser, *, out: bool = True, out_help: str = 
                    help="where to compute (default auto: CUDA when available)")
     if out:
         p.add_argument("--out", required=out_required, help=out_help)
+
+
+def add_amp(p: argparse.ArgumentParser) -> None:
+    """Add ``--amp [bf16|fp16|off]`` (mixed-precision training; ``--amp`` alone is bf16)."""
+    p.add_argument("--amp", nargs="?", const="bf16", default="off",
+                   choices=["off", "bf16", "fp16"],
+                   help="mixed-precision training: bf16 autocast (CPU or CUDA; --amp alone) "
+                        "or fp16 autocast with a gradient scaler (CUDA); default off (float32)")
 
 
 def _int(text: str) -> int:

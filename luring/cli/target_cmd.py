@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from luring.cli.common import add_common, nonneg_int, pos_float, pos_int, unit_float
+from luring.cli.common import add_amp, add_common, nonneg_int, pos_float, pos_int, unit_float
 
 __all__ = ["register"]
 
@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adv-steps", type=nonneg_int, default=None)
     p.add_argument("--adv-step-size", type=unit_float, default=None)
     p.add_argument("--force", action="store_true", help="replace a model already in --out")
+    add_amp(p)
     add_common(p, out_help="run directory to write the model into")
     p.set_defaults(handler=run)
     _register_import(sub)
@@ -124,23 +125,36 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Handler of ``luring train-target``; under torchrun every process trains its share of
+    each batch (DistributedDataParallel) and rank 0 writes ``--out``."""
+    from luring import distributed
     from luring.data import get_spec
     from luring.errors import LuringError
     from luring.models.train import target_settings, train_target_run
-    from luring.utils import ensure_dir, resolve_device
+    from luring.utils import ensure_dir
 
-    spec = get_spec(args.dataset)
-    out = ensure_dir(args.out)
-    if (Path(out) / "model.json").exists() and not args.force:
-        raise LuringError(f"{out} already holds a model; pass --force to replace it or "
-                          "choose another --out")
-    device = resolve_device(args.device)
-    settings = target_settings(
-        spec.family, adv_train=args.adv_train, architecture=args.arch, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, adv_eps=args.adv_eps,
-        adv_steps=args.adv_steps, adv_step_size=args.adv_step_size)
-    _, info = train_target_run(args.dataset, out, settings, seed=args.seed, device=device,
-                               data_dir=args.data_dir)
-    print(f"test accuracy {info['test_accuracy']:.4f} (n={info['n_test']}) in "
-          f"{info['seconds']:.1f} s → {out}")
+    def prepare():
+        spec = get_spec(args.dataset)
+        if (Path(args.out) / "model.json").exists() and not args.force:
+            raise LuringError(f"{args.out} already holds a model; pass --force to replace it "
+                              "or choose another --out")
+        if distributed.is_main():
+            ensure_dir(args.out)
+        if args.amp == "fp16" and device.type != "cuda":
+            raise LuringError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
+        return target_settings(
+            spec.family, adv_train=args.adv_train, architecture=args.arch, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, adv_eps=args.adv_eps,
+            adv_steps=args.adv_steps, adv_step_size=args.adv_step_size)
+
+    with distributed.process_group(args.device) as device:
+        settings = distributed.everywhere(prepare)
+        _, info = train_target_run(args.dataset, args.out, settings, seed=args.seed,
+                                   device=device, data_dir=args.data_dir, amp=args.amp,
+                                   parallel=True)
+        if distributed.is_main():
+            procs = distributed.world_size()
+            print(f"test accuracy {info['test_accuracy']:.4f} (n={info['n_test']}) in "
+                  f"{info['seconds']:.1f} s" + (f" ({procs} processes)" if procs > 1 else "")
+                  + f" → {args.out}")
     return 0

@@ -25,9 +25,12 @@ def _device(model: nn.Module, images: torch.Tensor,
 def _map_chunks(model: nn.Module, images: torch.Tensor, batch_size: int,
                 device: torch.device | str | None,
                 fn: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
-    """``fn(model(chunk))`` for each chunk of ``batch_size`` images, run on ``device``."""
-    dev = _device(model, images, device)
-    return [fn(model(images[i:i + batch_size].to(dev)))
+    """``fn(model(chunk))`` for each chunk of ``batch_size`` images, run on ``device`` (CPU
+    chunks go to CUDA from pinned memory, without blocking)."""
+    dev = torch.device(_device(model, images, device))
+    pin = dev.type == "cuda" and images.device.type == "cpu"
+    return [fn(model(images[i:i + batch_size].pin_memory().to(dev, non_blocking=True) if pin
+                     else images[i:i + batch_size].to(dev)))
             for i in range(0, len(images), batch_size)]
 
 
