@@ -242,7 +242,10 @@ def test_embedded_and_unknown(tmp_path, capsys):
     assert download_dataset("mnist-5k", tmp_path) == []
     assert main(["data", "download", "mnist-5k"]) == 0
     assert "nothing to download" in capsys.readouterr().out
+    assert main(["data", "download", "no-such-set", "--data-dir", str(tmp_path)]) == 2
+    assert "unknown data set 'no-such-set'" in one_line(capsys.readouterr().err)
+    # ImageNet is known but has no download (it must be obtained from image-net.org)
     assert main(["data", "download", "imagenet", "--data-dir", str(tmp_path)]) == 2
-    assert "unknown data set 'imagenet'" in one_line(capsys.readouterr().err)
+    assert "no download is known for data set 'imagenet'" in one_line(capsys.readouterr().err)
     with pytest.raises(LuringError, match="cifar10 only"):
         download_dataset("mnist", tmp_path, variant="py")

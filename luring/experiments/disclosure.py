@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PAPER", "disclosure", "target_lines", "defense_lines", "attack_lines"]
+__all__ = ["PAPER", "disclosure", "target_lines", "defense_lines", "attack_lines",
+           "extra_lines"]
 
 _USED = "used, value not given"
 
@@ -138,22 +139,24 @@ def _group(rows: list[tuple[str, str]], fmt: Callable[[str, str], str]) -> list[
     return [fmt(", ".join(methods), detail) for detail, methods in by.items()]
 
 
-def _defense_settings(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _defense_settings(settings: dict[str, Any], dataset: str | None = None
+                      ) -> dict[str, dict[str, Any]]:
     from luring.defense.settings import defense_settings, resolve_settings
 
     profile = "quick" if settings.get("profile") == "smoke" else settings.get("profile", "paper")
-    return {m: resolve_settings(defense_settings(settings["family"], m, profile),
+    return {m: resolve_settings(defense_settings(settings["family"], m, profile, dataset),
                                 **(settings.get("defense") or {}))
             for m in settings.get("approaches", [])}
 
 
-def defense_lines(settings: dict[str, Any]) -> list[str]:
+def defense_lines(settings: dict[str, Any], dataset: str | None = None) -> list[str]:
     """Each approach's P against appendices B and C (schedule, initialisation, held-out
-    selection, dropout, augmentation, weight averaging, λ) and the reading of eq. 2."""
-    from luring.defense.settings import QUICK_NOTES
+    selection, dropout, augmentation, weight averaging, λ, step budget, P and loss options)
+    and the reading of eq. 2; ``dataset`` picks that data set's quick settings."""
+    from luring.defense.settings import QUICK_DATASET_NOTES, QUICK_NOTES
 
     fam = settings["family"]
-    resolved = _defense_settings(settings)
+    resolved = _defense_settings(settings, dataset)
     authors = PAPER["authors"]
     out: list[str] = []
     rows: dict[str, list[tuple[str, str]]] = {k: [] for k in (
@@ -178,8 +181,9 @@ def defense_lines(settings: dict[str, Any]) -> list[str]:
         if s["warmup_epochs"] > 0 and not stack_fix:
             rows["warmup"].append((method, _span(s["warmup_epochs"])))
         if s["val_fraction"] > 0:
-            rule = ("checkpoint of lowest reconstruction loss" if s["selection"] ==
-                    "reconstruction" else "checkpoint whose T agrees most with M")
+            rule = {"reconstruction": "checkpoint of lowest reconstruction loss",
+                    "last": "last checkpoint (the held-out part only measured)"}.get(
+                s["selection"], "checkpoint whose T agrees most with M")
             every = f"every {s['eval_every']} steps" if s["eval_every"] else "every epoch"
             rows["select"].append((method, f"fitted to {100 * (1 - s['val_fraction']):g}% of "
                                            f"the training images, keeping the {rule} on the "
@@ -207,6 +211,24 @@ def defense_lines(settings: dict[str, Any]) -> list[str]:
         if method == "luring" and s["lambda"] != PAPER["lambda"][fam]:
             out.append(f"luring λ = {_num(s['lambda'])} (appendix C: "
                        f"{_num(PAPER['lambda'][fam])})")
+        if s.get("max_steps"):
+            out.append(f"{method} P: at most {s['max_steps']} optimisation steps (a step "
+                       "budget, whatever the number of training images; the schedule is "
+                       "compressed to fit when it binds; appendix B counts epochs)")
+        if s.get("width", 1) != 1 or s.get("residual"):
+            parts = ([f"{s['width']}× the channels of table {5 if fam == 'mnist' else ''}"
+                      .strip()] if s.get("width", 1) != 1 else []) + \
+                (["residual: P(x) = clamp(x + tanh(f(x)), 0, 1), f started at zero (P = "
+                  "identity at the first step)"] if s.get("residual") else [])
+            out.append(f"{method} P: {'; '.join(parts)} (not in tables 5-7, whose P ends in "
+                       "a sigmoid)")
+        if method == "luring" and (s.get("cap") is not None or s.get("margin")):
+            parts = ([f"first term bounded, -λ min(t_y - t_a, {_num(s['cap'])})"]
+                     if s.get("cap") is not None else []) + \
+                ([f"hinge with margin {_num(s['margin'])}, max(0, t_b - t_y + "
+                  f"{_num(s['margin'])})"] if s.get("margin") else [])
+            out.append(f"luring loss: {'; '.join(parts)} (equation 2: unbounded first term, "
+                       "zero margin)")
         if stack_fix:
             parts = (["He initialisation"] if s["init"] == "kaiming" else []) + \
                 ([f"a {_span(s['warmup_epochs'])} learning-rate warm-up"]
@@ -229,7 +251,7 @@ def defense_lines(settings: dict[str, Any]) -> list[str]:
     if "luring" in resolved:
         out.append(_CLASS_B)
     if fam == "mnist" and settings.get("profile") == "quick" and not settings.get("defense"):
-        out.append(QUICK_NOTES)
+        out.append(QUICK_DATASET_NOTES.get(dataset or "", QUICK_NOTES))
     return out
 
 
@@ -266,6 +288,18 @@ def attack_lines(settings: dict[str, Any]) -> list[str]:
     return out
 
 
+def extra_lines(settings: dict[str, Any], dataset: str, experiments: tuple[str, ...]
+                ) -> list[str]:
+    """The departures of the appendix experiments that ran (``advtrain``: appendix H.2,
+    :func:`luring.experiments.advtrain.advtrain_lines`; ``trapdoor``: appendix I,
+    :func:`luring.experiments.trapdoor_exp.trapdoor_lines`)."""
+    from luring.experiments.advtrain import advtrain_lines
+    from luring.experiments.trapdoor_exp import trapdoor_lines
+
+    out = advtrain_lines(settings) if "advtrain" in experiments else []
+    return out + (trapdoor_lines(settings) if "trapdoor" in experiments else [])
+
+
 #: Profile keys with their own lines above, left out of the generic override lines.
 HANDLED = {"defend.eco.loss", "defend.eco.block_batch", "defend.eco.early_stop"}
 
@@ -289,7 +323,7 @@ def disclosure(settings: dict[str, Any], dataset: str) -> list[str]:
     if settings.get("images_correct_for") != "all":
         out.append("attacked test images are those M classifies correctly (paper: M and every T)")
     out += target_lines(settings)
-    out += defense_lines(settings)
+    out += defense_lines(settings, dataset)
     out += attack_lines(settings)
 
     def walk(a: Any, b: Any, path: str) -> None:

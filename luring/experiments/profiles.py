@@ -184,6 +184,10 @@ def differences_from_paper(settings: dict[str, Any], dataset: str) -> list[str]:
     from luring.experiments.disclosure import disclosure
 
     out = disclosure(settings, dataset)
+    budget = (settings.get("target") or {}).get("max_steps")
+    if budget and not any("M trained at most" in d for d in out):
+        out.append(f"M trained at most {budget:,} optimisation steps (appendix A: fixed epochs; "
+                   "the budget binds only on data sets larger than mnist-5k)")
     if settings.get("approaches"):
         pct = round(100 * CALIBRATION_FRACTION)
         out.append(f"detector (not in the paper, beside its rule T ≠ M): each defense holds "
