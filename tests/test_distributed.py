@@ -285,7 +285,9 @@ def test_attack_error_under_torchrun_is_one_line_from_rank_0(tiny_source, tmp_pa
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("luring: error:")]
     assert lines == ["luring: error: --images 5000 is larger than the mnist-5k test set "
                      "(1000 images); pass --images 1000 or less"]
-    assert proc.stderr.count("exitcode  : 2") == 2                # both processes exited 2
+    # torchrun lists the failed processes it saw (one or both, by timing); each exited 2
+    assert proc.stderr.count("exitcode  : 2") >= 1
+    assert "exitcode  : 1" not in proc.stderr
     assert not (tmp_path / "o" / "attack.json").exists()
 
 
