@@ -187,3 +187,91 @@ def test_user_errors(target_dir, small_data, tmp_path, capsys):
     code, _, err = run_cli(["detect", "--defense", tmp_path / "nope", blocker], capsys)
     assert code == 2 and "does not exist" in err
     assert Path(blocker).exists()
+
+
+# ------------------------------------------------------------------ --method trapdoor
+
+@pytest.fixture(scope="module")
+def trapdoor_dir(target_dir, mnist5k, tmp_path_factory):
+    """``train-defense --method trapdoor`` on the small fake split (256 training images: 26
+    held out; 200 test images), one trapdoor epoch, options passed through."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(luring.data, "load", _fake_load(mnist5k))
+    out = tmp_path_factory.mktemp("trap") / "td"
+    try:
+        code = main([str(a) for a in _train_args(target_dir, out, "trapdoor", "--inject-ratio",
+                                                 "0.4", "--false-alarm", "0.1", "--clean-epochs",
+                                                 "0", "--seed", "3")])
+    finally:
+        mp.undo()
+    assert code == 0
+    return out
+
+
+def test_trapdoor_method_writes_its_contract(trapdoor_dir, capsys):
+    from luring.defense import load_trapdoor
+
+    names = {p.name for p in trapdoor_dir.iterdir()}
+    assert {"defense.json", "model.safetensors", "model.json", "trapdoor.safetensors",
+            "config.json", "results.json", "report.md"} <= names
+    assert [p.name for p in trapdoor_dir.parent.iterdir()] == ["td"]  # no staging left
+    meta = json.loads((trapdoor_dir / "defense.json").read_text())
+    assert meta["format"] == FORMAT and meta["method"] == "trapdoor" and meta["seed"] == 3
+    cfg = meta["config"]
+    assert (cfg["trap_epochs"], cfg["clean_epochs"], cfg["inject_ratio"], cfg["false_alarm"]) \
+        == (1, 0, 0.4, 0.1)
+    assert cfg["architecture"] == "mnist-target" and cfg["profile"] == "quick"
+    cal = meta["calibration"]
+    assert cal["n"] == 26 and cal["false_alarm_target"] == 0.1
+    assert cal["flagged"] == 2  # ⌊0.1 · 26⌋ of the held-out images score above the threshold
+    assert meta["clean"]["n"] == 200
+    trapped = load_trapdoor(trapdoor_dir)
+    assert trapped.threshold == meta["threshold"] and trapped.meta["seed"] == 3
+    # load() is for M∘P defenses: one line naming the loader to use
+    with pytest.raises(luring.errors.LuringError, match="load_trapdoor"):
+        load(trapdoor_dir)
+    code, _, err = run_cli(["export", "--defense", trapdoor_dir, "--format", "torchscript",
+                            "--out", trapdoor_dir.parent / "t.pt"], capsys)
+    assert code == 2 and "load_trapdoor" in err and len(err.strip().splitlines()) == 1
+
+
+def test_detect_on_a_trapdoor_directory(trapdoor_dir, mnist5k, tmp_path, capsys):
+    import numpy as np
+
+    from luring.defense import load_trapdoor
+
+    _, _, x_te, _ = mnist5k
+    x = x_te[:5]
+    arr = tmp_path / "five.npy"
+    np.save(arr, x.numpy())
+    code, out, err = run_cli(["detect", "--defense", trapdoor_dir, arr, "--device", "cpu"],
+                             capsys)
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.strip().splitlines()]
+    assert len(lines) == 5 and all(set(r) == {"input", "index", "label", "score", "flagged"}
+                                   for r in lines)
+    trapped = load_trapdoor(trapdoor_dir)
+    det = trapped.detect(x)
+    assert [r["index"] for r in lines] == list(range(5))
+    assert [r["label"] for r in lines] == det.labels.tolist()
+    assert [r["score"] for r in lines] == pytest.approx(det.scores.tolist(), abs=1e-6)
+    assert [r["flagged"] for r in lines] == [s > trapped.threshold for s in det.scores.tolist()]
+    code, _, err = run_cli(["detect", "--defense", trapdoor_dir, arr, "--fpr", "0.2"], capsys)
+    assert code == 2 and "--fpr" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("method, extra, needle", [
+    ("trapdoor", ["--lambda", "0.5"], "--lambda"),
+    ("trapdoor", ["--dropout", "0.2"], "--dropout"),
+    ("trapdoor", ["--eval-every", "5"], "--eval-every"),
+    ("luring", ["--clean-epochs", "2"], "--clean-epochs"),
+    ("ce", ["--false-alarm", "0.1"], "--false-alarm"),
+    ("trapdoor", ["--false-alarm", "0.7"], "--false-alarm"),
+    ("trapdoor", ["--val-fraction", "0"], "val_fraction"),
+])
+def test_trapdoor_option_errors(method, extra, needle, target_dir, small_data, tmp_path,
+                                capsys):
+    code, _, err = run_cli(_train_args(target_dir, tmp_path / "o", method, *extra), capsys)
+    assert code == 2 and needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

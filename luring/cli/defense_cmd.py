@@ -1,7 +1,8 @@
 """``luring train-defense``, ``luring detect`` and ``luring export``: the defense stage's
-commands. Labels of the training split are handed to the trainer only for ``--method stack``;
-the test split is loaded before training (a missing split fails early) and used only for the
-clean evaluation written at the end."""
+commands. Labels of the training split are handed to the trainer only for ``--method stack``
+and ``--method trapdoor`` (a model of M's architecture trained from scratch on labelled images
+with a trapdoor per label; paper appendix I); the test split is loaded before training (a
+missing split fails early) and used only for the clean evaluation written at the end."""
 
 from __future__ import annotations
 
@@ -38,8 +39,10 @@ def register(subparsers) -> None:
         "set family (--profile paper) or the short demo settings (--profile quick).")
     p.add_argument("--target", required=True, help="target directory (model.safetensors + "
                    "model.json, from `luring train-target`)")
-    p.add_argument("--method", default="luring", choices=METHODS,
-                   help="luring (default), ce, auto or stack (the only one that reads labels)")
+    p.add_argument("--method", default="luring", choices=(*METHODS, TRAPDOOR),
+                   help="luring (default), ce, auto, stack (reads labels) or trapdoor (Shan et "
+                   "al. 2019: a model of M's architecture trained from scratch with a trapdoor "
+                   "per label; reads labels)")
     p.add_argument("--lambda", dest="lam", type=pos_float, default=None,
                    help="luring coefficient λ > 0 (default 1 for MNIST/SVHN, 0.15 for CIFAR10)")
     p.add_argument("--dataset", default=None,
@@ -58,6 +61,16 @@ def register(subparsers) -> None:
                    "label-free checkpoint selection (default 0.1; 0 keeps the last epoch)")
     p.add_argument("--eval-every", type=nonneg_int, default=None,
                    help="steps between selection evaluations (default 0: once per epoch)")
+    t = p.add_argument_group("trapdoor (--method trapdoor only; --epochs: trapdoor epochs)")
+    t.add_argument("--clean-epochs", type=nonneg_int, default=None,
+                   help="epochs on clean images before the trapdoor phase (paper profile: 10 "
+                   "for MNIST, 20 for SVHN/CIFAR10; quick: 0)")
+    t.add_argument("--inject-ratio", type=fraction(0.0, 1.0), default=None,
+                   help="share of training images replaced by a trapdoored copy (default 0.5)")
+    t.add_argument("--mask-ratio", type=fraction(0.0, 1.0), default=None,
+                   help="transparency of the triggers (default 0.1)")
+    t.add_argument("--false-alarm", type=fraction(0.0, 0.5), default=None,
+                   help="detector's false-alarm target on clean held-out images (default 0.05)")
     add_common(p, out_help="defense directory to write")
     p.set_defaults(handler=_train)
 
@@ -68,8 +81,11 @@ def register(subparsers) -> None:
         "detection score (higher = more suspicious, in [0, 1]) and whether it is above the "
         "operating point's threshold. Default: the operating point stored with the defense "
         "(chosen on held-out unlabelled training images); --rule paper flags exactly when T "
-        "and M disagree (section 4.1). Inputs: PNG/JPEG files of the model's size, or "
-        ".npy/.npz arrays (N, C, H, W) or (N, H, W), uint8 0-255 or float in [0, 1].")
+        "and M disagree (section 4.1). A trapdoor defense prints {input, index, label, score, "
+        "flagged} instead: its model's label, the cosine similarity with that label's "
+        "trapdoor signature and whether it is above the stored threshold. Inputs: PNG/JPEG "
+        "files of the model's size, or .npy/.npz arrays (N, C, H, W) or (N, H, W), uint8 "
+        "0-255 or float in [0, 1].")
     p.add_argument("--defense", required=True, help="defense directory")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or array files")
     p.add_argument("--rule", choices=SCORES, default=None,
@@ -95,6 +111,13 @@ def register(subparsers) -> None:
     p.set_defaults(handler=_export)
 
 
+TRAPDOOR = "trapdoor"
+#: Options of the other methods that mean nothing for a trapdoored model, and the reverse.
+_NOT_TRAPDOOR = (("lam", "--lambda"), ("dropout", "--dropout"), ("eval_every", "--eval-every"))
+_TRAPDOOR_ONLY = (("clean_epochs", "--clean-epochs"), ("inject_ratio", "--inject-ratio"),
+                  ("mask_ratio", "--mask-ratio"), ("false_alarm", "--false-alarm"))
+
+
 def _train(args: argparse.Namespace) -> int:
     import luring.data as ldata
     from luring.defense.build import build_defense
@@ -108,6 +131,9 @@ def _train(args: argparse.Namespace) -> int:
     if not target_dir.is_dir():
         raise LuringError(f"target directory {target_dir} does not exist; train one with "
                           "`luring train-target --out DIR`")
+    for key, flag in _NOT_TRAPDOOR if args.method == TRAPDOOR else _TRAPDOOR_ONLY:
+        if getattr(args, key) is not None:
+            raise LuringError(f"{flag} does not apply to --method {args.method}; drop it")
     if args.lam is not None and args.method != "luring":
         raise LuringError(f"--lambda applies to --method luring only, not {args.method}")
     device = resolve_device(args.device)
@@ -119,9 +145,11 @@ def _train(args: argparse.Namespace) -> int:
     if tuple(tmeta["input_shape"]) != tuple(spec.shape):
         raise LuringError(f"the target takes {tuple(tmeta['input_shape'])} images but {dataset} "
                           f"has {spec.shape}; pass the --dataset it was trained on")
+    if args.method == TRAPDOOR:
+        return _train_trapdoor(args, target_dir, tmeta, dataset, spec, device)
     settings = resolve_settings(
-        defense_settings(spec.family, args.method, args.profile), epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, dropout=args.dropout,
+        defense_settings(spec.family, args.method, args.profile, dataset=spec.name),
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dropout=args.dropout,
         val_fraction=args.val_fraction, eval_every=args.eval_every, **{"lambda": args.lam})
     stage = staging_dir(args.out)  # fail now, not after training, if --out is unwritable
     try:
@@ -145,10 +173,91 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_trapdoor(args: argparse.Namespace, target_dir: Path, tmeta: dict, dataset: str,
+                    spec, device) -> int:
+    """``train-defense --method trapdoor``: a model of M's architecture (M's weights unused)
+    trained from scratch with a trapdoor per label, its signatures and detector."""
+    import luring.data as ldata
+    from luring.defense.deploy import staging_dir
+    from luring.defense.trapdoor import resolve_trapdoor_settings, trapdoor_settings
+    from luring.defense.trapdoor_train import build_trapdoor
+
+    settings = resolve_trapdoor_settings(
+        trapdoor_settings(spec.family, args.profile), architecture=tmeta["architecture"],
+        trap_epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        val_fraction=args.val_fraction, clean_epochs=args.clean_epochs,
+        inject_ratio=args.inject_ratio, mask_ratio=args.mask_ratio,
+        false_alarm=args.false_alarm)
+    stage = staging_dir(args.out)  # fail now, not after training, if --out is unwritable
+    try:
+        x_train, y_train = ldata.load(dataset, "train", args.data_dir)
+        test = ldata.load(dataset, "test", args.data_dir)
+        config = {"command": "train-defense", "target": str(target_dir), "method": TRAPDOOR,
+                  "dataset": dataset, "data_dir": args.data_dir, "profile": args.profile,
+                  "seed": args.seed, "device": str(device), "settings": settings}
+        out, trapped, clean = build_trapdoor(
+            args.out, x_train, y_train, test, settings=settings, family=spec.family,
+            dataset=dataset, classes=list(spec.classes), seed=args.seed, device=device,
+            config=config, stage=stage)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    cal = trapped.meta["calibration"]
+
+    def pct(v: float) -> str:
+        return f"{100 * v:.1f}%"
+
+    print(f"wrote {out}: trapdoor on {dataset} (n = {clean['n']} test images): accuracy "
+          f"{pct(clean['accuracy'])}, trapdoor success {pct(clean['trapdoor_success'])} (worst "
+          f"label {pct(clean['trapdoor_success_min'])}), clean false alarms "
+          f"{pct(clean['false_alarm_rate'])} (held-out {pct(cal['false_alarm_rate'])}, target "
+          f"{pct(cal['false_alarm_target'])}); trained in "
+          f"{trapped.meta['training_seconds']:.1f} s")
+    return 0
+
+
+def _method_of(directory: str) -> str | None:
+    """The ``method`` of a defense directory's defense.json (None when unreadable: load()
+    then gives the one-line error)."""
+    from luring.utils import read_json
+
+    path = Path(directory) / "defense.json"
+    try:
+        meta = read_json(path) if path.is_file() else None
+    except Exception:  # a broken file: load() names it
+        return None
+    return meta.get("method") if isinstance(meta, dict) else None
+
+
+def _detect_trapdoor(args: argparse.Namespace) -> int:
+    """``luring detect`` on a trapdoor directory: one JSON line {input, index, label, score,
+    flagged} per input (the trapdoored model's label, the cosine similarity with that label's
+    signature, and score > the stored threshold)."""
+    from luring.defense.inputs import read_inputs
+    from luring.defense.trapdoor_train import load_trapdoor
+    from luring.errors import LuringError
+
+    for value, flag in ((args.rule, "--rule"), (args.fpr, "--fpr")):
+        if value is not None:
+            raise LuringError(f"{flag} does not apply to a trapdoor defense (its threshold is "
+                              "the stored one); drop it")
+    trapped = load_trapdoor(args.defense, device=args.device)
+    for name, images in read_inputs(args.inputs, trapped.input_shape):
+        det = trapped.detect(images, batch_size=args.batch_size)
+        for i in range(len(images)):
+            sys.stdout.write(json.dumps({"input": name, "index": i,
+                                         "label": int(det.labels[i]),
+                                         "score": float(det.scores[i]),
+                                         "flagged": bool(det.flagged[i])}) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
 def _detect(args: argparse.Namespace) -> int:
     from luring.defense.deploy import load
     from luring.defense.inputs import read_inputs
 
+    if _method_of(args.defense) == TRAPDOOR:
+        return _detect_trapdoor(args)
     defense = load(args.defense, device=args.device)
     op = defense.operating_point(args.rule, args.fpr)  # fails before reading any input
     batches = read_inputs(args.inputs, defense.input_shape)

@@ -9,9 +9,21 @@ import argparse
 import sys
 
 from luring.cli.common import add_common, pos_int
-from luring.experiments.profiles import EXPERIMENTS
+from luring.experiments.profiles import EXPERIMENTS, EXTRA_EXPERIMENTS
 
 __all__ = ["register"]
+
+
+def _experiment_list(text: str) -> tuple[str, ...]:
+    """``--experiments a,b``: names of EXPERIMENTS or EXTRA_EXPERIMENTS, comma-separated."""
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    known = EXPERIMENTS + EXTRA_EXPERIMENTS
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown experiment(s) {', '.join(bad) or repr(text)}; choose from "
+            f"{', '.join(known)} (comma-separated)")
+    return names
 
 
 
@@ -39,7 +51,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train (or reuse) M and the four P, run every experiment and "
                        "write the report. Rerunning the same command resumes.")
     _options(p)
-    p.set_defaults(handler=lambda a: _run(a, EXPERIMENTS))
+    p.add_argument("--experiments", type=_experiment_list, default=None, metavar="A,B",
+                   help=f"experiments to run, comma-separated (default: "
+                   f"{','.join(EXPERIMENTS)}; also {', '.join(EXTRA_EXPERIMENTS)}: "
+                   "appendices H.2 and I)")
+    p.set_defaults(handler=lambda a: _run(a, a.experiments or EXPERIMENTS))
     p = sub.add_parser("demo", help="reproduce on mnist-5k with the quick profile into "
                        "./luring-demo (about 10 minutes on a 2-core CPU)")
     _options(p, demo=True)
@@ -53,7 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "gradient-masking checks and the paired verdict"),
                        ("distortion", "CW-L2 distortion (table 9, figure 3 left)"),
                        ("logits", "logits analysis Ω_c (table 10)"),
-                       ("saliency", "saliency maps ∇ₓP(x) (figure 3 right)")]:
+                       ("saliency", "saliency maps ∇ₓP(x) (figure 3 right)"),
+                       ("advtrain", "appendix H.2: luring on an adversarially trained M "
+                        "(tables 18 and 19)"),
+                       ("trapdoor", "appendix I: a trapdoored model (Shan et al. 2019) as the "
+                        "public model, beside luring (table 20)")]:
         p = sub.add_parser(name, help=text, description=text + ". Trains what is missing.")
         _options(p)
         p.set_defaults(handler=lambda a, n=name: _run(a, (n,)))

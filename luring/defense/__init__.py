@@ -7,7 +7,8 @@ Main entry points: :func:`luring_loss`, :func:`defense_settings`, :func:`train_d
 :func:`evaluate_clean`, :func:`save_defense`, :func:`build_defense` (the three in one
 call, with the detector's calibration), :func:`load` (→ :class:`Defense`),
 :func:`export_augmented`; detection: :func:`score` (:data:`SCORES`), :func:`calibrate`,
-:func:`operating_point`.
+:func:`operating_point`. Trapdoor (Shan et al. 2019, paper appendix I): :func:`trapdoor_settings`,
+:func:`train_trapdoor`, :func:`build_trapdoor`, :func:`load_trapdoor` (→ :class:`TrappedModel`).
 """
 
 from luring.defense.build import build_defense
@@ -32,6 +33,21 @@ from luring.defense.loss import (
 from luring.defense.scores import SCORES, flag, score
 from luring.defense.settings import METHODS, defense_settings, resolve_settings
 from luring.defense.train import TrainedDefense, train_defense
+from luring.defense.trapdoor import (
+    TrapdoorDetection,
+    TrappedModel,
+    Triggers,
+    make_triggers,
+    resolve_trapdoor_settings,
+    trapdoor_settings,
+)
+from luring.defense.trapdoor_train import (
+    build_trapdoor,
+    evaluate_trapdoor,
+    load_trapdoor,
+    save_trapdoor,
+    train_trapdoor,
+)
 
 __all__ = [
     "DEFAULT_RULE",
@@ -43,24 +59,35 @@ __all__ = [
     "Defense",
     "Detection",
     "TrainedDefense",
+    "TrapdoorDetection",
+    "TrappedModel",
+    "Triggers",
     "build_defense",
+    "build_trapdoor",
     "calibrate",
     "calibration_split",
     "defense_settings",
     "evaluate_clean",
+    "evaluate_trapdoor",
     "export_augmented",
     "flag",
     "load",
     "load_calibration",
+    "load_trapdoor",
     "luring_classes",
     "luring_loss",
+    "make_triggers",
     "operating_point",
     "read_inputs",
     "reconstruction_loss",
     "resolve_settings",
+    "resolve_trapdoor_settings",
     "save_defense",
+    "save_trapdoor",
     "score",
     "soft_cross_entropy",
     "train_defense",
+    "train_trapdoor",
+    "trapdoor_settings",
     "wilson_interval",
 ]

@@ -220,6 +220,9 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> De
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise LuringError(f"{d} is not a defense directory (defense.json with format "
                           f"{FORMAT!r} expected)")
+    if meta.get("method") == "trapdoor":
+        raise LuringError(f"{d} holds a trapdoor defense (a trapdoored model, no M∘P); load it "
+                          "with luring.defense.load_trapdoor")
     dev = resolve_device(device)
     target, tmeta = load_checkpoint(d, "target", device=dev)
     component, _ = load_checkpoint(d, "component", device=dev)

@@ -40,7 +40,12 @@ from luring.experiments.common import select_images
 from luring.experiments.defend import run_defend
 from luring.experiments.diagnostics import paired_verdict, run_diagnostics
 from luring.experiments.models import prepare_models
-from luring.experiments.profiles import EXPERIMENTS, differences_from_paper, resolve_profile
+from luring.experiments.profiles import (
+    EXPERIMENTS,
+    EXTRA_EXPERIMENTS,
+    differences_from_paper,
+    resolve_profile,
+)
 from luring.experiments.store import RunDir
 from luring.metrics import agreement, clean_accuracy, false_alarm_rate, rate
 from luring.utils import atomic_write_json, fingerprint, resolve_device, versions
@@ -60,9 +65,10 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
     seeds and the per-seed values. ``target_dir`` reuses a trained M (a ``train-target``
     directory) instead of training one. ``restart`` clears ``out`` first.
     """
-    unknown = set(experiments) - set(EXPERIMENTS)
+    unknown = set(experiments) - set(EXPERIMENTS) - set(EXTRA_EXPERIMENTS)
     if unknown:
-        raise LuringError(f"unknown experiment(s) {sorted(unknown)}; choose from {EXPERIMENTS}")
+        raise LuringError(f"unknown experiment(s) {', '.join(sorted(unknown))}; choose from "
+                          f"{', '.join(EXPERIMENTS + EXTRA_EXPERIMENTS)}")
     if seeds < 1:
         raise LuringError(f"--seeds must be ≥ 1, got {seeds}")
     spec = get_spec(dataset)
@@ -88,7 +94,7 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
         def models_stage() -> tuple[torch.nn.Module, dict]:
             if rank == 0:
                 old = run.check_identity(identity) or {}
-                done = [e for e in EXPERIMENTS
+                done = [e for e in EXPERIMENTS + EXTRA_EXPERIMENTS
                         if e in set(old.get("experiments", [])) | set(experiments)]
                 config = {"dataset": dataset, "family": spec.family, "profile": profile,
                           "seed": seed, "seeds": seed_list, "experiments": done,
@@ -96,7 +102,11 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
                           "target_dir": str(target_dir) if target_dir else None}
                 atomic_write_json(run.path / "config.json", config | {
                     "device": str(dev), "versions": versions(), "processes": world})
-            return prepare_models(run, dataset, settings, seed_list, dev, data_dir, target_dir,
+            # only the appendix experiments (advtrain, trapdoor): of the approaches, they need
+            # Luring alone (the others are trained by a later run that asks for them)
+            need = settings if set(experiments) & set(EXPERIMENTS) else \
+                settings | {"approaches": [a for a in settings["approaches"] if a == "luring"]}
+            return prepare_models(run, dataset, need, seed_list, dev, data_dir, target_dir,
                                   tuple(train_split), (x_test, y_test), log=log)
 
         # rank 0 checks the directory and trains what is missing; then every rank loads
@@ -105,6 +115,7 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
         ctx = _Context(run, target, defenses, settings, seed, seed_list, x_test, y_test, dev,
                        fps, log)
         ctx.dataset, ctx.profile = dataset, profile
+        ctx.data_dir = data_dir
         if world > 1:
             # each process runs the units of its share of (approach, seed) pairs; rank 0 then
             # finds every unit stored and aggregates exactly what one process would
@@ -225,7 +236,30 @@ def _experiments(ctx: _Context, defenses: dict, experiments: tuple[str, ...], *,
         x, y, ident = images(settings["saliency"]["n"], "saliency")
         run_saliency(run, target, first, x, y, ident)
         results["saliency"] = {"unit": "units/saliency/all.safetensors"}
+    if final and set(experiments) & set(EXTRA_EXPERIMENTS):
+        _extra_experiments(ctx, defenses, experiments, results)
     return results
+
+
+def _extra_experiments(ctx: _Context, defenses: dict, experiments: tuple[str, ...],
+                       results: dict[str, Any]) -> None:
+    """Appendices H.2 (``advtrain``) and I (``trapdoor``): their own models and units, run
+    by one process (rank 0 under torchrun), results in ``results["advtrain"]`` and
+    ``results["trapdoor"]``, their departures added to ``differences_from_paper``."""
+    from luring.experiments.disclosure import extra_lines
+
+    args = (ctx.run, ctx.dataset, ctx.target, defenses, ctx.settings, ctx.seed, ctx.seed_list,
+            ctx.dev, ctx.data_dir, (ctx.x_test, ctx.y_test), ctx.fps, ctx.log)
+    if "advtrain" in experiments:
+        from luring.experiments.advtrain import run_advtrain
+
+        results["advtrain"] = run_advtrain(*args)
+    if "trapdoor" in experiments:
+        from luring.experiments.trapdoor_exp import run_trapdoor_exp
+
+        results["trapdoor"] = run_trapdoor_exp(*args)
+    ran = tuple(e for e in EXTRA_EXPERIMENTS if e in experiments)
+    results["differences_from_paper"] += extra_lines(ctx.settings, ctx.dataset, ran)
 
 
 def _clean(target, defenses, x, y) -> dict[str, Any]:

@@ -3,13 +3,16 @@
 Source: "Luring of transferable adversarial perturbations in the black-box paradigm"
 (/work/shared/paper.md): table 1 (SVHN, CIFAR10 defense), table 14 (MNIST defense), table 8
 (clean accuracy and agreement), table 9 (CWL2 mean l2 / l∞), table 10 (Ω rates), tables 11-13
-(MIM-TI / DIM-TI kernel sizes) and appendix F.2 (DIM p). The attack and analysis numbers
+(MIM-TI / DIM-TI kernel sizes), appendix F.2 (DIM p), tables 18-19 (adversarially trained M,
+appendix H.2) and table 20 (Trapdoor, appendix I). The attack and analysis numbers
 are over 1,000 test images of the full data set, table 8 over its whole test set. Approach
 keys follow ours: ``target`` (BASE/TARGET), ``stack``, ``auto``, ``ce`` (C_E), ``luring``.
 ``None`` marks a cell the paper leaves empty.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __all__ = [
     "PAPER_LABEL",
@@ -19,6 +22,9 @@ __all__ = [
     "DEFEND",
     "DIM_P",
     "TI_KERNELS",
+    "TABLE18",
+    "TABLE19",
+    "TABLE20",
     "paper_label",
 ]
 
@@ -148,4 +154,41 @@ TI_KERNELS: dict[str, dict] = {
                            "luring": (3, 3, 3)},
                 "dim-ti": {"stack": (3, 3, 3), "auto": (3, 3, 3), "ce": (3, 3, 3),
                            "luring": (3, 3, 3)}},
+}
+
+
+#: Table 18 (appendix H.2): (test accuracy, agreement on the ground-truth label) per family
+#: and model: ``base`` (M), ``base-luring`` (its luring T), ``advtrain`` (M adversarially
+#: trained), ``advtrain-luring``. The paper leaves the agreement of an M empty.
+TABLE18: dict[str, dict[str, tuple[float | None, float | None]]] = {
+    "mnist": {"base": (0.991, None), "base-luring": (0.97, 0.97), "advtrain": (0.99, None),
+              "advtrain-luring": (0.96, 0.96)},
+    "svhn": {"base": (0.961, None), "base-luring": (0.92, 0.92), "advtrain": (0.93, None),
+             "advtrain-luring": (0.87, 0.85)},
+    "cifar10": {"base": (0.893, None), "base-luring": (0.85, 0.82), "advtrain": (0.79, None),
+                "advtrain-luring": (0.78, 0.76)},
+}
+
+#: Table 19 (appendix H.2): per family its one ε and, for ``base-luring`` and
+#: ``advtrain-luring``, (AC_M,wb, AC_M, DAC) under MIM-W.
+TABLE19: dict[str, dict[str, Any]] = {
+    "mnist": {"eps": 0.3, "base-luring": (0.0, 0.69, 0.75), "advtrain-luring": (0.82, 0.97, 0.98)},
+    "svhn": {"eps": 0.03, "base-luring": (0.0, 0.81, 0.87),
+             "advtrain-luring": (0.45, 0.898, 0.911)},
+    "cifar10": {"eps": 0.03, "base-luring": (0.0, 0.30, 0.39),
+                "advtrain-luring": (0.41, 0.85, 0.88)},
+}
+
+#: Table 20 (appendix I): family → ε → approach (``trapdoor``, ``luring``) → the optimal
+#: (AC_MoP, AC_M, DAC) among FGSM, MIM, DIM, MIM-TI and DIM-TI.
+TABLE20: dict[str, dict[float, dict[str, _Cell]]] = {
+    "mnist": _rows((0.2, 0.3, 0.4),
+                   trapdoor=((0.06, 0.82, 0.97), (0.0, 0.54, 0.94), (0.0, 0.27, 0.87)),
+                   luring=((0.19, 0.92, 0.93), (0.13, 0.69, 0.75), (0.07, 0.34, 0.45))),
+    "svhn": _rows((0.03, 0.06, 0.08),
+                  trapdoor=((0.1, 0.48, 0.58), (0.07, 0.38, 0.48), (0.01, 0.23, 0.38)),
+                  luring=((0.11, 0.81, 0.87), (0.0, 0.58, 0.71), (0.0, 0.48, 0.67))),
+    "cifar10": _rows((0.02, 0.03, 0.04),
+                     trapdoor=((0.0, 0.71, 0.84), (0.0, 0.58, 0.77), (0.0, 0.45, 0.78)),
+                     luring=((0.03, 0.58, 0.64), (0.0, 0.30, 0.39), (0.0, 0.16, 0.27))),
 }

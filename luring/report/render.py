@@ -20,6 +20,7 @@ from luring.report.adaptive import (
     operating_point_table,
     verdict_table,
 )
+from luring.report.extra import extra_sections, extra_summary
 from luring.report.tables import (
     DASH,
     NAMES,
@@ -331,6 +332,11 @@ def render_report(results: dict, run_dir: str | os.PathLike) -> Path:
                   "test and Newcombe's 95% interval of the difference. The effect \"holds\" "
                   "only where Luring's DAC is higher and p < 0.05.", "", md, ""]
 
+    for name, built, title, intro in extra_sections(results):  # appendices H.2 and I
+        md = table(name, built)
+        if md:
+            lines += [f"## {title}", "", intro, "", md, ""]
+
     md = _mimw_settings(results)
     if md:
         lines += ["## MIM-W: chosen settings", "",
@@ -360,7 +366,7 @@ def print_summary(results: dict) -> str:
             f"seed{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in seeds)})")
     rows = rows_of(results, "defend")
     if not rows:
-        return head + "\nno defense results\n"
+        return head + "\n" + (extra_summary(results) or "no defense results\n")
     apps = approaches_in(rows)
     w = 19
     lines = [head, "defense: attacks on T = M∘P transferred to M; cells AC_MoP / AC_M / DAC",
@@ -379,4 +385,4 @@ def print_summary(results: dict) -> str:
     verdict = verdict_text(results)
     if verdict:
         lines.append(verdict)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + extra_summary(results)
