@@ -225,8 +225,11 @@ def test_detect_cli_operating_points(calibrated_dir, trained_mnist_target, tmp_p
                for r in _rows(out))
     for extra, rule, target in ((["--fpr", "0.3"], "js", 0.3),
                                 (["--rule", "tv", "--fpr", "0.2"], "tv", 0.2),
-                                (["--rule", "pm"], "pm", 0.1)):
-        want = calibrate(score(t_cal, m_cal, rule), target)  # from the stored logits only
+                                (["--rule", "pm"], "pm", 0.1),
+                                (["--confidence", "0.9"], "js", 0.1),
+                                (["--confidence", "none", "--fpr", "0.2"], "js", 0.2)):
+        conf = 0.9 if "0.9" in extra else None  # the fixture's stored point has none
+        want = calibrate(score(t_cal, m_cal, rule), target, conf)  # the stored logits only
         code, out, err = run_cli(["detect", "--defense", d_dir, *extra, a, b], capsys)
         assert code == 0, err
         rows = _rows(out)
@@ -238,6 +241,7 @@ def test_detect_cli_operating_points(calibrated_dir, trained_mnist_target, tmp_p
 @pytest.mark.parametrize("extra, needle", [
     (["--fpr", "0"], "--fpr"), (["--fpr", "1"], "--fpr"), (["--fpr", "abc"], "--fpr"),
     (["--fpr", "nan"], "--fpr"), (["--rule", "entropy"], "--rule"),
+    (["--confidence", "1"], "--confidence"), (["--confidence", "high"], "--confidence"),
 ])
 def test_detect_cli_bad_options(extra, needle, calibrated_dir, tmp_path, capsys):
     npy = tmp_path / "x.npy"

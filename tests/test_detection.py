@@ -13,6 +13,7 @@ import torch
 
 import luring.defense.build as build_mod
 from luring.defense import (
+    DEFAULT_CONFIDENCE,
     DEFAULT_RULE,
     LEGACY_DETECTOR,
     SCORES,
@@ -20,6 +21,7 @@ from luring.defense import (
     calibrate,
     calibration_split,
     defense_settings,
+    exceedances,
     flag,
     load,
     load_calibration,
@@ -123,12 +125,41 @@ def test_calibrate_matches_brute_force_and_errors():
         calibrate([], 0.05)
 
 
+def test_exceedances_hand_computed():
+    assert exceedances(400, 0.05) == 20 and exceedances(4, 0.25) == 1
+    # P(Bin(400, 0.05) ≤ 14) = 0.0990 ≤ 0.1 < P(≤ 15) = 0.1499
+    assert exceedances(400, 0.05, 0.9) == 14
+    # n = 100, 10%: P(Bin ≤ 5) = 0.0576, P(≤ 6) = 0.1172 → 5 at 0.9; P(≤ 3) = 0.0078,
+    # P(≤ 4) = 0.0237 → 3 at 0.99
+    assert exceedances(100, 0.1, 0.9) == 5 and exceedances(100, 0.1, 0.99) == 3
+    assert exceedances(20, 0.1, 0.9) == 0  # 0.9^20 = 0.12 > 0.1: flag no held-out image
+    assert exceedances(0, 0.05, 0.9) == 0 and exceedances(50, 0.0, 0.9) == 0
+    s = torch.arange(100) / 100
+    assert calibrate(s, 0.1, 0.9) == pytest.approx(0.94)  # 5 above: 0.95 ... 0.99
+    for bad in (0.0, 1.0, -1.0, float("nan")):
+        with pytest.raises(LuringError, match="confidence"):
+            exceedances(10, 0.05, bad)
+
+
+def test_confidence_bounds_the_false_alarm_rate_on_new_images():
+    # uniform clean scores: a threshold τ has a false-alarm rate of exactly 1 − τ on new images
+    g = torch.Generator().manual_seed(0)
+    draws = torch.rand(4000, 200, generator=g, dtype=torch.float64)
+    over = {}
+    for conf in (None, 0.9):
+        j = exceedances(200, 0.05, conf)
+        tau = draws.sort(dim=1).values[:, 200 - j - 1]
+        over[conf] = ((1 - tau) > 0.05).double().mean().item()
+    assert over[0.9] <= 0.1 + 0.015        # the guarantee (4,000 draws: ± 0.015)
+    assert over[None] > 0.4                # the plain quantile: over the target about half the time
+
+
 def test_operating_point_rules():
     t = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.9], [3.0, 0.0]])
     m = torch.tensor([[2.0, 0.0], [2.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
     p = operating_point(t, m, "paper", None)
-    assert p == {"rule": "paper", "threshold": 0.0, "target_fpr": None, "heldout_fpr": 0.25,
-                 "heldout_k": 1, "n": 4}
+    assert p == {"rule": "paper", "threshold": 0.0, "target_fpr": None, "confidence": None,
+                 "heldout_fpr": 0.25, "heldout_k": 1, "n": 4}
     op = operating_point(t, m, "tv", 0.3)
     s = score(t, m, "tv")
     assert op["threshold"] == calibrate(s, 0.3) and op["heldout_k"] == 1
@@ -219,8 +250,10 @@ def test_calibration_reads_only_heldout_training_images(built, trained_mnist_tar
     assert torch.allclose(stored["t_logits"], t_cal, atol=1e-5)
     assert torch.allclose(stored["m_logits"], m_cal, atol=1e-5)
     s = score(stored["t_logits"], stored["m_logits"], DEFAULT_RULE)
-    assert det["threshold"] == calibrate(s, 0.1)
-    assert det["heldout_k"] == int((s > det["threshold"]).sum()) <= 2  # ≤ 10% of 20
+    assert det["confidence"] == DEFAULT_CONFIDENCE == 0.9
+    assert det["threshold"] == calibrate(s, 0.1, 0.9)
+    # 20 images, 10% at confidence 0.9: P(Bin(20, 0.1) = 0) = 0.9^20 = 0.12 > 0.1, so none
+    assert det["heldout_k"] == int((s > det["threshold"]).sum()) == 0
     assert det["heldout_fpr"] == det["heldout_k"] / 20
 
 
@@ -255,7 +288,7 @@ def test_recalibration_uses_only_the_stored_logits(built, trained_mnist_target, 
         target = 0.1 if fpr is None else fpr  # no fpr: the stored target
         assert op["source"] == "recalibrated" and op["target_fpr"] == target
         assert op["threshold"] == calibrate(score(cal["t_logits"], cal["m_logits"], rule),
-                                            target)
+                                            target, 0.9)  # the stored confidence
         a, b = d.detect(x_te[:20], rule=rule, fpr=fpr), d.detect(x_te[200:260], rule=rule,
                                                                   fpr=fpr)
         assert a.threshold == b.threshold == op["threshold"]  # not chosen on the inputs

@@ -96,6 +96,10 @@ def register(subparsers) -> None:
     p.add_argument("--fpr", type=_open_unit, default=None,
                    help="target false-alarm rate F in (0, 1): recalibrate the threshold on the "
                    "defense's stored calibration images (never on the inputs)")
+    p.add_argument("--confidence", type=_confidence, default=None,
+                   help="recalibrate so that the false-alarm rate on new clean images is at "
+                   "most the target with this probability C in (0, 1), or 'none' for the plain "
+                   "held-out quantile (default: the stored operating point's, 0.9)")
     p.add_argument("--batch-size", type=pos_int, default=500, help="inference batch size")
     add_common(p, out=False)
     p.set_defaults(handler=_detect)
@@ -111,6 +115,18 @@ def register(subparsers) -> None:
     p.set_defaults(handler=_export)
 
 
+def _confidence(text: str) -> float | str:
+    """``--confidence``: 'none' (the plain held-out quantile) or a probability in (0, 1)."""
+    return "none" if text.strip().lower() == "none" else _open_unit(text)
+
+
+def _confidence_of(args: argparse.Namespace) -> float | str | None:
+    """``--confidence`` as :meth:`Defense.operating_point` takes it: absent → "stored",
+    'none' → None."""
+    c = args.confidence
+    return "stored" if c is None else None if c == "none" else c
+
+
 TRAPDOOR = "trapdoor"
 #: Options of the other methods that mean nothing for a trapdoored model, and the reverse.
 _NOT_TRAPDOOR = (("lam", "--lambda"), ("dropout", "--dropout"), ("eval_every", "--eval-every"))
@@ -119,13 +135,8 @@ _TRAPDOOR_ONLY = (("clean_epochs", "--clean-epochs"), ("inject_ratio", "--inject
 
 
 def _train(args: argparse.Namespace) -> int:
-    import luring.data as ldata
-    from luring.defense.build import build_defense
-    from luring.defense.deploy import staging_dir
-    from luring.defense.settings import defense_settings, resolve_settings
+    from luring import distributed
     from luring.errors import LuringError
-    from luring.models import load_checkpoint
-    from luring.utils import resolve_device
 
     target_dir = Path(args.target)
     if not target_dir.is_dir():
@@ -136,7 +147,21 @@ def _train(args: argparse.Namespace) -> int:
             raise LuringError(f"{flag} does not apply to --method {args.method}; drop it")
     if args.lam is not None and args.method != "luring":
         raise LuringError(f"--lambda applies to --method luring only, not {args.method}")
-    device = resolve_device(args.device)
+    with distributed.process_group(args.device) as device:
+        return _train_on(args, target_dir, device)
+
+
+def _train_on(args: argparse.Namespace, target_dir: Path, device) -> int:
+    """``train-defense`` on ``device``; under torchrun every rank runs this together (one
+    DistributedDataParallel training of P), rank 0 alone writes and prints."""
+    import luring.data as ldata
+    from luring import distributed
+    from luring.defense.build import build_defense
+    from luring.defense.deploy import staging_dir
+    from luring.defense.settings import defense_settings, resolve_settings
+    from luring.errors import LuringError
+    from luring.models import load_checkpoint
+
     target, tmeta = load_checkpoint(target_dir, "model", device=device)
     dataset = args.dataset or tmeta.get("dataset")
     if not dataset:
@@ -146,25 +171,35 @@ def _train(args: argparse.Namespace) -> int:
         raise LuringError(f"the target takes {tuple(tmeta['input_shape'])} images but {dataset} "
                           f"has {spec.shape}; pass the --dataset it was trained on")
     if args.method == TRAPDOOR:
+        if distributed.world_size() > 1:
+            raise LuringError("--method trapdoor trains in one process; start it without "
+                              "torchrun")
         return _train_trapdoor(args, target_dir, tmeta, dataset, spec, device)
     settings = resolve_settings(
         defense_settings(spec.family, args.method, args.profile, dataset=spec.name),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dropout=args.dropout,
         val_fraction=args.val_fraction, eval_every=args.eval_every, **{"lambda": args.lam})
-    stage = staging_dir(args.out)  # fail now, not after training, if --out is unwritable
+    # fail now, not after training, if --out is unwritable (rank 0 writes; an error is raised
+    # on every rank)
+    stage = distributed.everywhere(lambda: staging_dir(args.out) if distributed.is_main()
+                                   else None)
     try:
         x_train, y_train = ldata.load(dataset, "train", args.data_dir)
         test = ldata.load(dataset, "test", args.data_dir)
         config = {"command": "train-defense", "target": str(target_dir), "method": args.method,
                   "dataset": dataset, "data_dir": args.data_dir, "profile": args.profile,
-                  "seed": args.seed, "device": str(device), "settings": settings}
+                  "seed": args.seed, "device": str(device), "settings": settings,
+                  "processes": distributed.world_size()}
         out, trained, clean = build_defense(
             args.out, target, tmeta, x_train, test, method=args.method, settings=settings,
             family=spec.family, dataset=dataset, seed=args.seed, device=device, labels=y_train,
             target_dir=str(target_dir.resolve()), config=config, stage=stage,
-            desc=f"train-defense {args.method}")
+            desc=f"train-defense {args.method}", parallel=True)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+    if not distributed.is_main():
+        return 0
     print(f"wrote {out}: {args.method} on {dataset} (n = {clean['n']} test images): "
           f"accuracy M {100 * clean['accuracy_m']:.1f}%, T {100 * clean['accuracy_t']:.1f}%, "
           f"agreement {100 * clean['agreement']:.1f}%, false alarms "
@@ -236,7 +271,8 @@ def _detect_trapdoor(args: argparse.Namespace) -> int:
     from luring.defense.trapdoor_train import load_trapdoor
     from luring.errors import LuringError
 
-    for value, flag in ((args.rule, "--rule"), (args.fpr, "--fpr")):
+    for value, flag in ((args.rule, "--rule"), (args.fpr, "--fpr"),
+                        (args.confidence, "--confidence")):
         if value is not None:
             raise LuringError(f"{flag} does not apply to a trapdoor defense (its threshold is "
                               "the stored one); drop it")
@@ -259,13 +295,14 @@ def _detect(args: argparse.Namespace) -> int:
     if _method_of(args.defense) == TRAPDOOR:
         return _detect_trapdoor(args)
     defense = load(args.defense, device=args.device)
-    op = defense.operating_point(args.rule, args.fpr)  # fails before reading any input
+    confidence = _confidence_of(args)
+    op = defense.operating_point(args.rule, args.fpr, confidence)  # fails before any input
     batches = read_inputs(args.inputs, defense.input_shape)
     if op.get("note"):  # after the inputs: an error stays a single line
         sys.stderr.write(f"luring: note: {op['note']}\n")
     for name, images in batches:
         det = defense.detect(images, batch_size=args.batch_size, rule=op["rule"],
-                             fpr=args.fpr)
+                             fpr=args.fpr, confidence=confidence)
         for i in range(len(images)):
             sys.stdout.write(json.dumps({"input": name, "index": i,
                                          "t_label": int(det.t_label[i]),

@@ -13,10 +13,12 @@ call, with the detector's calibration), :func:`load` (→ :class:`Defense`),
 
 from luring.defense.build import build_defense
 from luring.defense.calibrate import (
+    DEFAULT_CONFIDENCE,
     DEFAULT_RULE,
     DEFAULT_TARGET_FPR,
     calibrate,
     calibration_split,
+    exceedances,
     load_calibration,
     operating_point,
 )
@@ -50,6 +52,7 @@ from luring.defense.trapdoor_train import (
 )
 
 __all__ = [
+    "DEFAULT_CONFIDENCE",
     "DEFAULT_RULE",
     "DEFAULT_TARGET_FPR",
     "FORMAT",
@@ -65,6 +68,7 @@ __all__ = [
     "build_defense",
     "build_trapdoor",
     "calibrate",
+    "exceedances",
     "calibration_split",
     "defense_settings",
     "evaluate_clean",

@@ -19,7 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from luring import distributed
 from luring.defense.calibrate import (
+    DEFAULT_CONFIDENCE,
     DEFAULT_RULE,
     DEFAULT_TARGET_FPR,
     calibration_split,
@@ -46,8 +48,9 @@ def build_defense(out: str | os.PathLike, target: nn.Module, target_meta: dict[s
                   target_dir: str | None = None, config: dict[str, Any] | None = None,
                   stage: Path | None = None, desc: str | None = None,
                   detector_rule: str = DEFAULT_RULE, target_fpr: float = DEFAULT_TARGET_FPR,
+                  confidence: float | None = DEFAULT_CONFIDENCE,
                   calibration_fraction: float = CALIBRATION_FRACTION,
-                  calibration_seed: int = CALIBRATION_SEED
+                  calibration_seed: int = CALIBRATION_SEED, parallel: bool = False
                   ) -> tuple[Path, TrainedDefense, dict[str, Any]]:
     """Train ``method`` for ``target`` on the unlabelled ``x_train`` (float32 (N, C, H, W) in
     [0, 1]) minus its calibration split, calibrate the detector, evaluate on ``test`` =
@@ -61,8 +64,14 @@ def build_defense(out: str | os.PathLike, target: nn.Module, target_meta: dict[s
     training images, drawn with ``calibration_seed`` (:func:`~luring.defense.calibrate.
     calibration_split`), are held out unlabelled; ``detector_rule`` (a score of
     :data:`~luring.defense.scores.SCORES`) gets the smallest threshold whose false-alarm rate
-    on them is ≤ ``target_fpr`` (``paper`` keeps its fixed threshold 0). The test images
-    never choose anything. Returns (directory, trained defense, clean figures)."""
+    on them is ≤ ``target_fpr`` and, with ``confidence`` c (default 0.9), whose rate on new
+    clean images is ≤ ``target_fpr`` with probability c
+    (:func:`~luring.defense.calibrate.exceedances`; ``paper`` keeps its fixed threshold 0).
+    The test images never choose anything. ``parallel=True``: every rank of a torchrun
+    process group calls this together and trains its share
+    (:func:`~luring.defense.train.train_defense`); rank 0 alone calibrates, evaluates and
+    writes (the other ranks return empty clean figures). Returns (directory, trained
+    defense, clean figures)."""
     if detector_rule not in SCORES:
         raise LuringError(f"unknown detection score {detector_rule!r}; choose one of "
                           f"{', '.join(SCORES)}")
@@ -77,7 +86,9 @@ def build_defense(out: str | os.PathLike, target: nn.Module, target_meta: dict[s
     trained = train_defense(
         target, x_fit, method=method, settings=settings, family=family, labels=y_fit,
         head_arch=target_meta["architecture"], head_kwargs=target_meta.get("arch_kwargs") or {},
-        seed=seed, device=device, desc=desc or f"train {method}")
+        seed=seed, device=device, desc=desc or f"train {method}", parallel=parallel)
+    if parallel and not distributed.is_main():
+        return Path(out), trained, {}
     detector, calibration = None, None
     if cal_idx is not None:
         x_cal = x_train[cal_idx]
@@ -85,7 +96,7 @@ def build_defense(out: str | os.PathLike, target: nn.Module, target_meta: dict[s
         t_logits = predict_logits(trained.augmented, x_cal, bs)  # on the models' device
         m_logits = predict_logits(trained.target, x_cal, bs)
         op = operating_point(t_logits, m_logits, detector_rule,
-                             None if detector_rule == "paper" else target_fpr)
+                             None if detector_rule == "paper" else target_fpr, confidence)
         detector = {**op, "split": {
             "kind": "calibration split", "source": "training images", "labels_read": False,
             "fraction": float(calibration_fraction), "seed": int(calibration_seed),

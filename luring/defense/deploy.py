@@ -150,14 +150,17 @@ class Defense:
             self._calibration = load_calibration(self.directory)
         return self._calibration
 
-    def operating_point(self, rule: str | None = None, fpr: float | None = None
-                        ) -> dict[str, Any]:
+    def operating_point(self, rule: str | None = None, fpr: float | None = None,
+                        confidence: float | None | str = "stored") -> dict[str, Any]:
         """The operating point to detect with. Without arguments (or with the stored rule
         and no ``fpr``): the stored one. ``rule="paper"`` without ``fpr``: the paper rule's
         fixed threshold 0. Otherwise the threshold of ``rule`` recalibrated on the stored
         calibration images (never on the inputs) for the target ``fpr`` in (0, 1)
-        (default: the stored target, else 5%). Returns a dict like ``detector``'s, with
-        ``"source"`` = ``stored``, ``paper`` or ``recalibrated``."""
+        (default: the stored target, else 5%) and ``confidence`` (see
+        :func:`~luring.defense.calibrate.exceedances`; default ``"stored"``: the stored
+        operating point's, None for directories older than it; None: the plain held-out
+        quantile). Returns a dict like ``detector``'s, with ``"source"`` = ``stored``,
+        ``paper`` or ``recalibrated``."""
         stored = self.detector
         rule = stored["rule"] if rule is None else rule
         if rule not in SCORES:
@@ -165,7 +168,12 @@ class Defense:
                               f"{', '.join(SCORES)}")
         if fpr is not None and not 0.0 < float(fpr) < 1.0:
             raise LuringError(f"the false-alarm target must be in (0, 1), got {fpr}")
-        if fpr is None and rule == stored["rule"]:
+        if confidence == "stored":
+            confidence = stored.get("confidence")
+        elif confidence is not None and not 0.0 < float(confidence) < 1.0:
+            raise LuringError(f"the calibration confidence must be in (0, 1), got {confidence}")
+        same = confidence == stored.get("confidence")
+        if fpr is None and rule == stored["rule"] and (same or rule == "paper"):
             return {**stored, "source": "stored"}
         if fpr is None and rule == "paper":
             if not self._has_calibration():
@@ -176,7 +184,7 @@ class Defense:
         target = fpr if fpr is not None else stored.get("target_fpr")
         target = DEFAULT_TARGET_FPR if target is None else target
         cal = self.calibration()
-        op = operating_point(cal["t_logits"], cal["m_logits"], rule, float(target))
+        op = operating_point(cal["t_logits"], cal["m_logits"], rule, float(target), confidence)
         return {**op, "split": stored.get("split"), "source": "recalibrated"}
 
     def _has_calibration(self) -> bool:
@@ -191,12 +199,13 @@ class Defense:
                 predict_logits(self.target, x, batch_size, self.device))
 
     def detect(self, x: torch.Tensor, batch_size: int = 1000, *, rule: str | None = None,
-               fpr: float | None = None) -> Detection:
+               fpr: float | None = None, confidence: float | None | str = "stored"
+               ) -> Detection:
         """Detect at an operating point (:meth:`operating_point`; default: the stored one):
         T's label, M's label, the score and whether it is above the threshold. With the
         ``paper`` rule an input is flagged exactly when T(x) ≠ M(x) (section 4.1).
         ``x``: float32 (N, C, H, W) in [0, 1]. Returns a :class:`Detection`."""
-        op = self.operating_point(rule, fpr)
+        op = self.operating_point(rule, fpr, confidence)
         t_logits, m_logits = self.logits(x, batch_size)
         s = score(t_logits, m_logits, op["rule"])
         return Detection(t_logits.argmax(1), m_logits.argmax(1), flag(s, op["threshold"]), s,
@@ -362,8 +371,11 @@ def _report(meta: dict[str, Any]) -> str:
                  f"never seen by P)" if split else f"{det['n']} held-out images")
         lines.insert(-1, f"- detector: score `{det['rule']}`, flag when score > "
                      f"{det['threshold']:.6g}"
-                     + (f", chosen for ≤ {100 * det['target_fpr']:g}% false alarms on {where}: "
-                        f"{100 * det['heldout_fpr']:.1f}% there"
+                     + (f", chosen for ≤ {100 * det['target_fpr']:g}% false alarms"
+                        + (f" on new clean images with probability {det['confidence']:g} "
+                           "(order-statistic bound)" if det.get("confidence") is not None
+                           else "")
+                        + f", from {where}: {100 * det['heldout_fpr']:.1f}% there"
                         if det.get("target_fpr") is not None and det.get("heldout_fpr") is not None
                         else " (the paper rule)"))
     if meta.get("clean"):

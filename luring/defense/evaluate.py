@@ -90,7 +90,7 @@ def evaluate_clean(defense_or_models: Any, x: torch.Tensor, y: torch.Tensor, *,
     out["intervals"] = {k: wilson_interval(v, n) for k, v in counts.items()}
     if det is not None:
         out["detector"] = {k: det.get(k) for k in ("rule", "threshold", "target_fpr",
-                                                   "heldout_fpr")}
+                                                   "confidence", "heldout_fpr")}
     return out
 
 
@@ -104,6 +104,8 @@ def clean_table_markdown(clean: dict[str, Any]) -> str:
     if det and "detector_false_alarm_rate" in clean:
         target = (f", held-out target ≤ {100 * det['target_fpr']:g}%"
                   if det.get("target_fpr") is not None else "")
+        if det.get("confidence") is not None:
+            target += f" at confidence {det['confidence']:g}"
         names.append(("detector_false_alarm_rate", f"detector false alarms at the operating "
                       f"point ({det['rule']} > {det['threshold']:.4g}{target})"))
     lines = [f"Clean images: n = {clean['n']}.", "",

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from luring import distributed
+from luring.defense import parallel as pmod
 from luring.defense.loss import luring_loss, reconstruction_loss, soft_cross_entropy
 from luring.defense.settings import METHODS, defense_settings, resolve_settings
 from luring.errors import LuringError
@@ -175,7 +177,7 @@ def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "lur
                   labels: torch.Tensor | None = None, component_arch: str | None = None,
                   head_arch: str | None = None, head_kwargs: dict[str, Any] | None = None,
                   seed: int = 0, device: str | torch.device = "cpu",
-                  desc: str | None = None) -> TrainedDefense:
+                  desc: str | None = None, parallel: bool = False) -> TrainedDefense:
     """Train the defense component P for the frozen target M (Algorithm 1 for ``luring``).
 
     ``target``: M, returns (N, K) logits; it is moved to ``device``, kept in eval mode with
@@ -188,7 +190,11 @@ def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "lur
     (the one baseline trained with labels); for every other method it is never read.
     ``component_arch``: P's architecture (default: the family's); ``head_arch`` /
     ``head_kwargs``: the freshly initialised classifier of ``stack`` (required for stack).
-    Every random choice derives from ``seed``. Returns a :class:`TrainedDefense`.
+    Every random choice derives from ``seed``. ``parallel=True`` (every rank of a torchrun
+    process group calls this together; :mod:`luring.defense.parallel`): each rank computes
+    the loss of its slice of every batch, the trained modules' gradients are averaged by
+    DistributedDataParallel, and every rank returns the same P. Returns a
+    :class:`TrainedDefense`.
     """
     from luring.defense.baselines import auto_plan, stack_plan
 
@@ -240,8 +246,14 @@ def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "lur
             else:  # stack
                 plan = stack_plan(component, labels, head_arch, head_kwargs or {}, c_in,
                                   int(m_val.shape[1]) if n_val else None, s["init"], gen, dev)
+            world = distributed.world_size() if parallel else 1
+            net = pmod.wrap(plan.modules, plan.loss, dev, s["batch_size"], seed) \
+                if world > 1 else None
             history, selection = _loop(plan, component, images, train_idx, val_idx, m_val,
-                                       s, gen, dev, desc or f"train {method}")
+                                       s, gen, dev, desc or f"train {method}", net)
+            if net is not None:  # every rank returns rank 0's choice
+                pmod.broadcast_state(plan.modules)
+                history, selection = pmod.broadcast_object((history, selection))
     finally:
         for p, flag in zip(target.parameters(), grad_flags, strict=True):
             p.requires_grad_(flag)
@@ -331,9 +343,11 @@ def _averaged(params: list[torch.Tensor], shadow: list[torch.Tensor] | None) -> 
 
 def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: torch.Tensor,
           val_idx: torch.Tensor, m_val: torch.Tensor, s: dict[str, Any],
-          gen: torch.Generator, dev: torch.device, desc: str
+          gen: torch.Generator, dev: torch.device, desc: str, net: nn.Module | None = None
           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The optimisation loop with periodic held-out evaluation and best-checkpoint keeping."""
+    """The optimisation loop with periodic held-out evaluation and best-checkpoint keeping.
+    ``net``: the DistributedDataParallel wrapper of :func:`luring.defense.parallel.wrap`
+    when several processes train together (None: one process)."""
     batches = ImageBatches(images, train_idx, s["batch_size"], gen, dev, s.get("augment"))
     spe = len(batches)
     total, frac = budget(s, spe)
@@ -362,7 +376,11 @@ def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: to
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
-                loss = plan.loss(xb, idx)
+                if net is None:
+                    loss = plan.loss(xb, idx)
+                else:  # this rank's slice, weighted so the averaged gradient is the batch's
+                    xs, ids, weight = pmod.rank_slice(xb, idx)
+                    loss = net(xs, ids) * weight
                 loss.backward()
                 opt.step()
                 step += 1
@@ -376,8 +394,15 @@ def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: to
                 bar.update(1)
                 if step % every and step != total:
                     continue
+                total_loss = loss_sum.item()
+                if net is not None:  # the ranks' weighted losses sum to K × the batch mean
+                    total_loss = distributed.all_sum([total_loss])[0] / distributed.world_size()
+                    pmod.broadcast_buffers(plan.modules)  # evaluate rank 0's statistics
+                    if shadow is not None:
+                        for sh in shadow:
+                            torch.distributed.broadcast(sh, 0)
                 rec = {"epoch": round(step / spe, 4), "step": step, "lr": lr,
-                       "loss": loss_sum.item() / max(loss_n, 1),
+                       "loss": total_loss / max(loss_n, 1),
                        "seconds": round(time.perf_counter() - t0, 3)}
                 loss_sum, loss_n = torch.zeros((), device=dev), 0
                 if len(val_idx):

@@ -180,7 +180,7 @@ def differences_from_paper(settings: dict[str, Any], dataset: str) -> list[str]:
     departs from the paper's protocol (any profile, the paper's included), generated from the
     resolved settings by :func:`luring.experiments.disclosure.disclosure`."""
     from luring.defense.build import CALIBRATION_FRACTION
-    from luring.defense.calibrate import DEFAULT_RULE, DEFAULT_TARGET_FPR
+    from luring.defense.calibrate import DEFAULT_CONFIDENCE, DEFAULT_RULE, DEFAULT_TARGET_FPR
     from luring.experiments.disclosure import disclosure
 
     out = disclosure(settings, dataset)
@@ -194,7 +194,10 @@ def differences_from_paper(settings: dict[str, Any], dataset: str) -> list[str]:
                    f"out {pct}% of its training images before P trains (so P sees the other "
                    f"{100 - pct}%, of which the held-out selection split above is a part) and "
                    f"sets a threshold on the {DEFAULT_RULE} score of T's and M's softmax "
-                   f"outputs there for {DEFAULT_TARGET_FPR:.0%} false alarms; the tables give "
+                   f"outputs there so that the false-alarm rate on new clean images is at most "
+                   f"{DEFAULT_TARGET_FPR:.0%} with probability {DEFAULT_CONFIDENCE:g} (an "
+                   "order-statistic bound; the held-out rate is then below the target); "
+                   "the tables give "
                    "DAC both with the paper's rule and at that operating point")
     if settings.get("adaptive"):
         out.append("adaptive evaluation, masking diagnostics, substitute attacker and paired "

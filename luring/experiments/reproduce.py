@@ -286,7 +286,7 @@ def _clean(target, defenses, x, y) -> dict[str, Any]:
                          "detector_false_alarm_rate": rate(det.flagged)})
             op = d.detector
             dets.append({k: op.get(k) for k in ("rule", "threshold", "target_fpr",
-                                                "heldout_fpr", "n")})
+                                                "confidence", "heldout_fpr", "n")})
         row: dict[str, Any] = {"n": len(y), "ci": {}, "detector": dets[0],
                                "detector_per_seed": dets}
         for k in keys:

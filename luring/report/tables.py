@@ -181,7 +181,9 @@ def clean_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
                         fmt_std(c.get("agreement"), c.get("agreement_std")),
                         _with_ci(c.get("false_alarm_rate"), fa_ci),
                         _with_ci(c.get("detector_false_alarm_rate"), det_ci)
-                        + (f" ({det.get('rule')}, target {fmt(det.get('target_fpr'), 2)})"
+                        + (f" ({det.get('rule')}, target {fmt(det.get('target_fpr'), 2)}"
+                           + (f" at confidence {fmt(det.get('confidence'), 2)}"
+                              if det.get("confidence") is not None else "") + ")"
                            if det.get("rule") else ""),
                         c.get("n", DASH) or DASH]
                        + ([fmt(pa), fmt(pg)] if p8 else []))
