@@ -234,7 +234,11 @@ def check_range(name: str, value: float, low: float, high: float, *, option: str
 
 
 def check_images(x: torch.Tensor, *, name: str = "images") -> torch.Tensor:
-    """Check a float NCHW tensor has finite values in [0, 1]; raise a LuringError if not."""
+    """Check a float NCHW tensor has finite values in [0, 1]; raise a LuringError if not.
+    A lazy view of images on disk (``luring.data.lazy.LazyImages``, attribute ``lazy``) is
+    accepted as it is: its decoder returns float32 in [0, 1]."""
+    if getattr(x, "lazy", False) and getattr(x, "dim", lambda: 0)() == 4:
+        return x
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise LuringError(f"{name} must be a 4-D NCHW tensor, got shape {shape}")

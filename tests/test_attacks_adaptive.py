@@ -30,6 +30,7 @@ from luring.attacks import (
     create,
 )
 from luring.errors import LuringError
+from tests.helpers import tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,17 +44,6 @@ def linear(seed: int = 0, channels: int = 1, size: int = 8) -> nn.Module:
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g))
-    return model.eval()
-
-
-def tiny(seed: int = 0) -> nn.Module:
-    """Conv(4, 3x3)-ReLU-Dense(10) on 1×8×8, random weights."""
-    g = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 64, 10))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     return model.eval()
 
 

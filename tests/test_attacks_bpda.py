@@ -11,19 +11,9 @@ from torch import nn
 
 from luring.attacks import BPDA, DIMTI, MIM, PGD, VNIFGSM, bpda, worst_case_search
 from luring.errors import LuringError
+from tests.helpers import tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny(seed: int = 0) -> nn.Module:
-    """Conv(4, 3x3)-ReLU-Dense(10) on 1×8×8, random weights."""
-    g = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 64, 10))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return model.eval()
 
 
 def images(n: int = 8, seed: int = 1) -> torch.Tensor:

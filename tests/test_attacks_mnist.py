@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from luring.attacks import (
     CWL2,
@@ -26,6 +25,7 @@ from luring.attacks import (
     worst_case_search,
 )
 from luring.errors import LuringError
+from tests.helpers import tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,14 +81,7 @@ def test_fools_trained_mnist_target(name, trained_mnist_target):
 
 
 # ---- worst-case search (tiny models) ------------------------------------------------------
-def _tiny(seed: int) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 64, 10))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-    return model.eval()
+_tiny = tiny
 
 
 def test_default_grid_is_the_papers():

@@ -184,8 +184,7 @@ def _train_on(args: argparse.Namespace, target_dir: Path, device) -> int:
     stage = distributed.everywhere(lambda: staging_dir(args.out) if distributed.is_main()
                                    else None)
     try:
-        x_train, y_train = ldata.load(dataset, "train", args.data_dir)
-        test = ldata.load(dataset, "test", args.data_dir)
+        x_train, y_train, test = _splits(dataset, spec, args.data_dir)
         config = {"command": "train-defense", "target": str(target_dir), "method": args.method,
                   "dataset": dataset, "data_dir": args.data_dir, "profile": args.profile,
                   "seed": args.seed, "device": str(device), "settings": settings,
@@ -206,6 +205,25 @@ def _train_on(args: argparse.Namespace, target_dir: Path, device) -> int:
           f"{100 * clean['false_alarm_rate']:.1f}%; trained in {trained.seconds:.1f} s, kept "
           f"epoch {trained.selection.get('epoch')}")
     return 0
+
+
+def _splits(dataset: str, spec, data_dir: str | None):
+    """(training images, training labels, (test images, test labels)): in memory, or for
+    image folders (``imagenet``, ``imagefolder...``) lazy views read from disk a batch at a
+    time (:class:`luring.data.lazy.LazyImages`; labels from the file lists)."""
+    import os
+
+    import luring.data as ldata
+    from luring.data.lazy import LazyImages
+
+    if spec.open is None:
+        return (*ldata.load(dataset, "train", data_dir), ldata.load(dataset, "test", data_dir))
+    views = []
+    for split in ("train", "test"):
+        ds = ldata.open_dataset(dataset, split, data_dir)
+        workers = 0 if len(ds) < 512 else min(4, max(1, (os.cpu_count() or 2) - 1))
+        views.append(LazyImages(ds, workers=workers))
+    return views[0], views[0].labels(), (views[1], views[1].labels())
 
 
 def _train_trapdoor(args: argparse.Namespace, target_dir: Path, tmeta: dict, dataset: str,

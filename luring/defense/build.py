@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from luring import distributed
+from luring.data.lazy import is_lazy, subset
 from luring.defense.calibrate import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RULE,
@@ -78,7 +79,7 @@ def build_defense(out: str | os.PathLike, target: nn.Module, target_meta: dict[s
     n = len(x_train)
     if calibration_fraction:
         fit_idx, cal_idx = calibration_split(n, calibration_fraction, calibration_seed)
-        x_fit = x_train[fit_idx]
+        x_fit = subset(x_train, fit_idx)
         y_fit = labels[fit_idx] if method == "stack" and labels is not None else None
     else:
         fit_idx, cal_idx, x_fit = None, None, x_train
@@ -91,7 +92,7 @@ def build_defense(out: str | os.PathLike, target: nn.Module, target_meta: dict[s
         return Path(out), trained, {}
     detector, calibration = None, None
     if cal_idx is not None:
-        x_cal = x_train[cal_idx]
+        x_cal = subset(x_train, cal_idx)
         bs = int(settings.get("eval_batch_size", 1000))
         t_logits = predict_logits(trained.augmented, x_cal, bs)  # on the models' device
         m_logits = predict_logits(trained.target, x_cal, bs)
@@ -101,7 +102,8 @@ def build_defense(out: str | os.PathLike, target: nn.Module, target_meta: dict[s
             "kind": "calibration split", "source": "training images", "labels_read": False,
             "fraction": float(calibration_fraction), "seed": int(calibration_seed),
             "n": len(cal_idx), "n_training_images": n, "n_fit": len(fit_idx),
-            "fingerprint": fingerprint(x_cal), "file": "calibration.safetensors",
+            "fingerprint": x_cal.fingerprint() if is_lazy(x_cal) else fingerprint(x_cal),
+            "file": "calibration.safetensors",
             "note": "held out before P trained; never used for P's training or checkpoint "
                     "selection"}}
         calibration = {"t_logits": t_logits, "m_logits": m_logits, "index": cal_idx}

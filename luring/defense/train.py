@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from luring import distributed
+from luring.data.lazy import subset
 from luring.defense import parallel as pmod
 from luring.defense.loss import luring_loss, reconstruction_loss, soft_cross_entropy
 from luring.defense.settings import METHODS, defense_settings, resolve_settings
@@ -208,7 +209,8 @@ def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "lur
     check_images(images, name="training images")
     dev = resolve_device(device)
     c_in = images.shape[1]
-    comp_arch = component_arch or default_architectures(s.get("family", family))[1]
+    comp_arch = component_arch or default_architectures(s.get("family", family),
+                                                         tuple(images.shape[1:]))[1]
     comp_kwargs = component_kwargs(s, comp_arch)
     gen = make_generator(seed)
     # Held-out split (label-free selection) and the training indices.
@@ -234,7 +236,7 @@ def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "lur
             if hasattr(component, "init_identity"):
                 component.init_identity()  # residual P starts as the identity
             need_all = method in ("luring", "ce")
-            m_logits = predict_logits(target, images if need_all else images[val_idx],
+            m_logits = predict_logits(target, images if need_all else subset(images, val_idx),
                                       s["eval_batch_size"], dev)
             m_val = m_logits[val_idx] if need_all else m_logits
             if need_all:
@@ -352,9 +354,10 @@ def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: to
     spe = len(batches)
     total, frac = budget(s, spe)
     eff = spe * frac  # optimisation steps per nominal epoch of the schedule
-    opt = torch.optim.Adam(plan.params, lr=lr_at(s, 0.0))
+    opt = torch.optim.SGD(plan.params, lr=lr_at(s, 0.0), momentum=0.9) \
+        if s.get("optimizer") == "sgd" else torch.optim.Adam(plan.params, lr=lr_at(s, 0.0))
     every = s["eval_every"] or max(1, int(round(eff)))
-    x_val = images[val_idx]
+    x_val = subset(images, val_idx)  # a lazy view stays lazy
     by_rec = s["selection"] == "reconstruction"
     by_last = s["selection"] == "last"
     best: tuple[float, dict[str, Any], list[dict[str, torch.Tensor]]] | None = None

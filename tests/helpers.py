@@ -1,0 +1,18 @@
+"""Small models shared by several test modules (imported as ``tests.helpers``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def tiny(seed: int = 0) -> nn.Module:
+    """Conv(4, 3x3)-ReLU-Dense(10) on 1×8×8 images, weights drawn from N(0, 0.5²) with
+    ``seed``, in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 64, 10))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model.eval()
