@@ -99,7 +99,8 @@ def _substitute_unit(model, target, x, y, pool, settings, cfg, seed):
     from luring.models import default_architectures
 
     sc = cfg["substitute"]
-    sub = train_substitute(model, pool, arch=default_architectures(settings["family"])[0],
+    arch = default_architectures(settings["family"], tuple(pool.shape[1:]))[0]
+    sub = train_substitute(model, pool, arch=arch,
                            labels=sc["labels"], epochs=sc["epochs"], rounds=sc["rounds"],
                            lam=sc["lam"], batch_size=sc["batch_size"], lr=sc["lr"],
                            seed=seed)

@@ -57,8 +57,13 @@ PAPER: dict[str, Any] = {
                                 lr_milestones=[[154, 5e-6], [185, 8e-7]], dropout=_USED),
         ("cifar10", "luring"): dict(epochs=216, batch_size=256, lr=1e-5,
                                     lr_milestones=[[154, 5e-6], [185, 8e-7]], dropout=_USED),
+        # Appendix H.1 (ImageNet): luring and C_E only, SGD with momentum 0.9
+        ("imagenet", "ce"): dict(epochs=100, batch_size=256, lr=1e-2, lr_milestones=[[80, 1e-3]],
+                                 dropout=0.0, optimizer="sgd"),
+        ("imagenet", "luring"): dict(epochs=100, batch_size=256, lr=1e-2,
+                                     lr_milestones=[[80, 1e-3]], dropout=0.0, optimizer="sgd"),
     },
-    "lambda": {"mnist": 1.0, "svhn": 1.0, "cifar10": 0.15},  # appendix C
+    "lambda": {"mnist": 1.0, "svhn": 1.0, "cifar10": 0.15, "imagenet": 1.0},  # C, H.1
     "eco": {"early_stop": False},  # F.1 (budget and block sizes: the paper profile's walk)
     # Where the text is silent: the authors' code and scripts.
     "authors": {
@@ -97,6 +102,10 @@ def target_lines(settings: dict[str, Any]) -> list[str]:
     from luring.models.train import target_settings
 
     fam = settings["family"]
+    if fam not in PAPER["target"]:  # ImageNet, a user's image folders: M comes from --target
+        return [f"M is the user's model (--target); the paper's {fam} M is not trained here"
+                + (" (appendix H.1: torchvision's MobileNetV2, 71.3% validation accuracy)"
+                   if fam == "imagenet" else "")]
     over = dict(settings.get("target") or {})
     ts = target_settings(fam, **over)
     paper = PAPER["target"][fam]
@@ -162,17 +171,24 @@ def defense_lines(settings: dict[str, Any], dataset: str | None = None) -> list[
     rows: dict[str, list[tuple[str, str]]] = {k: [] for k in (
         "init", "select", "dropout", "augment", "ema", "warmup")}
     for method, s in resolved.items():
-        p = PAPER["defense"][(fam, method)]
-        if (s["epochs"], s["batch_size"], s["lr"], s["lr_decay"], s["lr_milestones"]) != \
-                (p["epochs"], p["batch_size"], p["lr"], "piecewise", p["lr_milestones"]):
+        p = PAPER["defense"].get((fam, method))
+        if p is None:  # no paper values: H.1's luring schedule, stated
+            p = PAPER["defense"][("imagenet", "luring")]
+            out.append(f"{method} P on {fam}: not in the paper; its schedule is compared "
+                       "below with appendix H.1's (ImageNet, luring)")
+        opt = {"sgd": "SGD with momentum 0.9"}.get(s.get("optimizer", "adam"), "Adam")
+        popt = {"sgd": "SGD with momentum 0.9"}.get(p.get("optimizer", "adam"), "Adam")
+        if (s["epochs"], s["batch_size"], s["lr"], s["lr_decay"], s["lr_milestones"], opt) != \
+                (p["epochs"], p["batch_size"], p["lr"], "piecewise", p["lr_milestones"], popt):
             unit = "epoch" if s["epochs"] == 1 else "epochs"
             why = ""
             if method == "stack" and s["lr"] < p["lr"]:
                 why = ("; Adam at the text's rates does not train P+M, the authors' code runs a "
                        "tenth of them, as for M")
-            out.append(f"{method} P trained {s['epochs']} {unit}, batch {s['batch_size']}, Adam "
+            out.append(f"{method} P trained {s['epochs']} {unit}, batch {s['batch_size']}, {opt} "
                        f"from {s['lr']:g} ({s['lr_decay']}) (paper: {p['epochs']} epochs, batch "
-                       f"{p['batch_size']}, {p['lr']:g}{why})")
+                       f"{p['batch_size']}, {'' if popt == opt else popt + ' from '}"
+                       f"{p['lr']:g}{why})")
         stack_fix = method == "stack" and (s["init"] == "kaiming" or s["warmup_epochs"] > 0)
         if s["init"] != authors["p_init"] and not stack_fix:
             rows["init"].append((method, {"kaiming": "He normal weights and zero biases",
@@ -208,9 +224,9 @@ def defense_lines(settings: dict[str, Any], dataset: str | None = None) -> list[
                                             f"appendix B{src})"))
         if s.get("ema"):
             rows["ema"].append((method, _num(s["ema"])))
-        if method == "luring" and s["lambda"] != PAPER["lambda"][fam]:
+        if method == "luring" and s["lambda"] != PAPER["lambda"].get(fam, 1.0):
             out.append(f"luring λ = {_num(s['lambda'])} (appendix C: "
-                       f"{_num(PAPER['lambda'][fam])})")
+                       f"{_num(PAPER['lambda'].get(fam, 1.0))})")
         if s.get("max_steps"):
             out.append(f"{method} P: at most {s['max_steps']} optimisation steps (a step "
                        "budget, whatever the number of training images; the schedule is "
@@ -271,8 +287,8 @@ def attack_lines(settings: dict[str, Any]) -> list[str]:
             out.append(f"ECO minimises the {loss} objective (F.1 does not state ECO's objective; "
                        "Moon et al.'s reference code and the authors' scripts use the "
                        "untargeted cross-entropy)")
-        batch, theirs = eco.get("block_batch"), authors["eco_block_batch"][fam]
-        if batch is not None:
+        batch, theirs = eco.get("block_batch"), authors["eco_block_batch"].get(fam)
+        if batch is not None and theirs is not None:
             ran = "as the authors ran it" if batch == theirs else f"the authors ran {theirs}"
             out.append(f"ECO searches {batch} blocks at a time ({ran} on {fam}; F.1 does not "
                        "state it)")
@@ -315,7 +331,7 @@ def disclosure(settings: dict[str, Any], dataset: str) -> list[str]:
     if dataset == "mnist-5k":
         out.append("data: mnist-5k (4,000 training / 1,000 test real MNIST digits) instead of "
                    "full MNIST (60,000 / 10,000)")
-    elif dataset not in ("mnist", "svhn", "cifar10"):
+    elif dataset not in ("mnist", "svhn", "cifar10", "imagenet"):
         out.append(f"data: {dataset}, which the paper does not use; it gets the "
                    f"{settings['family']} settings")
     if settings.get("defense_train_images"):

@@ -27,22 +27,33 @@ _TRANSFER = [{"attack": "ni-fgsm"}, {"attack": "si-ni-fgsm"}, {"attack": "vmi-fg
 #: gradient or BPDA (straight through T's saturating layers).
 _PASSES = [["ce", "plain"], ["ce", "bpda"], ["margin", "plain"], ["margin", "bpda"]]
 
-_EPS = {"mnist": [0.2, 0.3, 0.4], "svhn": [0.03, 0.06, 0.08], "cifar10": [0.02, 0.03, 0.04]}
-_MIMW_STEPS = {"mnist": 1000, "svhn": 500, "cifar10": 100}
-#: Table 19's ε per family (appendix H.2).
-_ADV_EPS = {"mnist": 0.3, "svhn": 0.03, "cifar10": 0.03}
-#: Per family: the l2 bound of MIM-L2 and ECO's initial block size (appendices D and F).
-L2_BOUND = {"mnist": 30.0, "svhn": 2.0, "cifar10": 2.0}
-ECO_BLOCK = {"mnist": 2, "svhn": 8, "cifar10": 4}
+#: ε per family: tables 1 and 14; ImageNet: appendix H.1 (4/255, 5/255, 6/255); a user's
+#: image folders (not in the paper): 4/255, 8/255 and 16/255, the common l∞ budgets.
+_EPS = {"mnist": [0.2, 0.3, 0.4], "svhn": [0.03, 0.06, 0.08], "cifar10": [0.02, 0.03, 0.04],
+        "imagenet": [4 / 255, 5 / 255, 6 / 255], "imagefolder": [4 / 255, 8 / 255, 16 / 255]}
+#: MIM-W steps (F.1); H.1 does not state ImageNet's: CIFAR10's 100 (disclosed).
+_MIMW_STEPS = {"mnist": 1000, "svhn": 500, "cifar10": 100, "imagenet": 100, "imagefolder": 100}
+#: Table 19's ε per family (appendix H.2; the natural-image families: not in the paper).
+_ADV_EPS = {"mnist": 0.3, "svhn": 0.03, "cifar10": 0.03, "imagenet": 4 / 255,
+            "imagefolder": 4 / 255}
+#: Per family: the l2 bound of MIM-L2 and ECO's initial block size (appendices D and F;
+#: ImageNet and image folders, not in the paper: CIFAR10's bound, blocks of 16 and 4 pixels).
+L2_BOUND = {"mnist": 30.0, "svhn": 2.0, "cifar10": 2.0, "imagenet": 2.0, "imagefolder": 2.0}
+ECO_BLOCK = {"mnist": 2, "svhn": 8, "cifar10": 4, "imagenet": 16, "imagefolder": 4}
 #: Per family: ECO's local-search batch (blocks per search) as the authors ran it.
-ECO_BATCH = {"mnist": 256, "svhn": 256, "cifar10": 512}
+ECO_BATCH = {"mnist": 256, "svhn": 256, "cifar10": 512, "imagenet": 512, "imagefolder": 512}
+#: Families whose M is never trained by a run: it must be given (``--target``).
+USER_TARGET_FAMILIES = ("imagenet", "imagefolder")
+#: Approaches per family: the paper's (CIFAR10: no usable Auto; ImageNet, H.1: C_E and luring).
+_APPROACHES = {"cifar10": ["stack", "ce", "luring"], "imagenet": ["ce", "luring"],
+               "imagefolder": ["stack", "ce", "luring"]}
 _P_GRID = [round(0.1 * i, 1) for i in range(1, 11)]
 _K_GRID = [3, 5, 10, 15]
 
 
 def _paper(family: str) -> dict[str, Any]:
     return {
-        "approaches": list(APPROACHES) if family != "cifar10" else ["stack", "ce", "luring"],
+        "approaches": list(_APPROACHES.get(family, APPROACHES)),
         "eps": list(_EPS[family]),
         "target": {},  # train-target defaults (appendix A)
         "defense": {},  # defense_settings(family, method, "paper") (appendix B)

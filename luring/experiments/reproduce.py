@@ -43,6 +43,7 @@ from luring.experiments.models import prepare_models
 from luring.experiments.profiles import (
     EXPERIMENTS,
     EXTRA_EXPERIMENTS,
+    USER_TARGET_FAMILIES,
     differences_from_paper,
     resolve_profile,
 )
@@ -73,6 +74,10 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
         raise LuringError(f"--seeds must be ≥ 1, got {seeds}")
     spec = get_spec(dataset)
     settings = resolve_profile(profile, spec.family)
+    if spec.family in USER_TARGET_FAMILIES and not target_dir:
+        raise LuringError(f"a run on {dataset} does not train M; import yours with `luring "
+                          f"import-target --dataset {dataset} --weights FILE --out DIR` (or "
+                          "train one) and pass --target DIR")
     dev = resolve_device(device)
     seed_list = list(range(seed, seed + seeds))
     started = time.perf_counter()

@@ -228,8 +228,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
                  lambda c=3, k=1000, **kw: MobileNetV2(c, k, **kw), 0,
                  "MobileNetV2 (appendix H.1), torchvision's parameter names"),
         ArchSpec("mobilenetv2", "target", (3, 224, 224),
-                 lambda c=3, k=1000, **kw: MobileNetV2(c, k, **kw), 0,
-                 "MobileNetV2, any input size; same as imagenet-target"),
+                 lambda c=3, k=1000, **kw: MobileNetV2(
+                     c, k, **({"normalize": "symmetric"} if c != 3 else {}) | kw), 0,
+                 "MobileNetV2, any input size and channels (ImageNet's normalisation for 3, "
+                 "[-1, 1] scaling otherwise); same as imagenet-target"),
         ArchSpec("imagenet-component", "component", (3, 224, 224),
                  lambda c=3, k=None, **kw: VggComponent(_IMAGENET_P, c, **kw), 15,
                  "conv-BN-ReLU encoder/decoder, 28x28 bottleneck"),
