@@ -78,3 +78,21 @@ def test_worst_case_search_together_gives_the_same_search():
             assert torch.equal(getattr(many, k), getattr(one, k)), k
     with pytest.raises(LuringError, match="together"):
         worst_case_search(source, target, x, y, 0.2, together=0, **kw)
+
+
+def test_settings_per_pass_follow_the_device(monkeypatch):
+    """The experiments group MIM-W settings up to 128 images per pass on a CPU (where larger
+    passes run slower) and 1,024 on a GPU; $LURING_BATCH_IMAGES overrides both."""
+    from luring.experiments.common import BATCH_IMAGES, together
+
+    monkeypatch.delenv("LURING_BATCH_IMAGES", raising=False)
+    model = _model(0)
+    assert BATCH_IMAGES == {"cpu": 128, "cuda": 1024}
+    assert [together(n, model) for n in (50, 64, 100, 200, 1000)] == [2, 2, 1, 1, 1]
+    assert together(50) == 2 and together(0) == 128
+    meta = nn.Linear(2, 2, device="meta")  # any non-CPU device gets the GPU default
+    assert together(50, meta) == 20
+    monkeypatch.setenv("LURING_BATCH_IMAGES", "1000")
+    assert together(50, model) == 20 and together(2000, model) == 1
+    monkeypatch.setenv("LURING_BATCH_IMAGES", "many")
+    assert together(50, model) == 2

@@ -99,7 +99,7 @@ class BenchConfig:
 
 
 def preset(mode: str) -> BenchConfig:
-    """The sizes of ``full`` (about 10 minutes on a 2-core CPU), ``quick`` (well under a minute)
+    """The sizes of ``full`` (about 17 minutes on a 2-core CPU), ``quick`` (well under a minute)
     or ``tiny`` (seconds; the CI smoke test)."""
     if mode == "full":
         return BenchConfig(mode="full", reps=5, batch=128, steps=10)

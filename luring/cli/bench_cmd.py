@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "batch and device, interleaving the contenders so that machine drift cancels; compare "
         "MIM with torchattacks and ART when installed; measure peak memory. Writes a JSON "
         "file (raw timings, min/median/max, ratios, targets, pass/fail) and prints a table. "
-        "The full run takes about 10 minutes on a 2-core CPU; --quick about half a minute.")
+        "The full run takes about 17 minutes on a 2-core CPU; --quick about half a minute.")
     p.add_argument("--quick", action="store_true",
                    help="fewer repetitions and smaller sizes (well under a minute)")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests only

@@ -75,7 +75,7 @@ def _family_unit(model, target, x, y, eps, cfg, seed):
             model, target, x, y, eps, steps=steps, mu=cfg["mu"],
             alpha=step_size(cfg["step_size"], eps, steps), settings=adaptive_family(cfg),
             seed=seed, progress=False, loss=loss, kappa=cfg["kappa"],
-            grad_model=bpda(model) if grad == "bpda" else None, together=together(len(x)))
+            grad_model=bpda(model) if grad == "bpda" else None, together=together(len(x), model))
         out = {"t_ok": res.best_t_correct, "m_ok": res.best_m_correct,
                "defended": res.best_defended}
         if _better(out, best):

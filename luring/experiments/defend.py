@@ -40,7 +40,7 @@ def _mimw_unit(model, target, x, y, eps, cfg, seed):
     res = worst_case_search(model, target, x, y, eps, steps=steps, mu=cfg["mu"],
                             alpha=step_size(cfg["step_size"], eps, steps),
                             settings=mimw_settings(cfg), seed=seed, progress=False,
-                            together=together(len(x)))
+                            together=together(len(x), model))
     best = res.best
     tensors = {"best_t_ok": res.best_t_correct, "best_m_ok": res.best_m_correct,
                "best_defended": res.best_defended, "t_ok_all": res.ac_mop_all,

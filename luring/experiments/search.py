@@ -76,7 +76,7 @@ def transfer_search(source: nn.Module, target: nn.Module, x: torch.Tensor, y: to
                                   alpha=alpha, seed=seed, **extra))
     labels = predict_labels(source, x).to(x.device)  # the source's own answers, as MIM-W
     y = y.cpu()
-    size = together(len(x))
+    size = together(len(x), source)
     done: dict[int, torch.Tensor] = {}
     best: tuple[float, float, int] | None = None
     rule_best: tuple[float, float, int] | None = None
