@@ -112,3 +112,43 @@ def test_paired_verdict_holds_only_when_significant():
     assert r4["discordant"] == [2, 0] and r4["p_value"] == pytest.approx(0.5)
     assert not r4["holds"]
     assert paired_verdict(out, ["mim-w"], [0.3], ["stack", "ce"], [0, 1]) == []
+
+
+class _Saturated(nn.Module):
+    """A decoy P that masks gradients: a sigmoid so steep (slope 1,000 at 0.5) that its
+    derivative is exactly 0 in float32 for every pixel farther than 0.1 from 0.5."""
+
+    def forward(self, x):
+        return torch.sigmoid(1000 * (x - 0.5))
+
+
+def _diagnose(t, m, x, y):
+    from luring.experiments.diagnostics import _diag_unit, _spsa_unit
+    from luring.experiments.profiles import resolve_profile
+
+    cfg = resolve_profile("quick", "mnist")["adaptive"]["diagnostics"]
+    spsa_cfg = dict(resolve_profile("smoke", "mnist")["defend"]["spsa"])
+    _, meta = _diag_unit(t, m, x, y, 0.3, cfg, seed=0)
+    meta |= _spsa_unit(t, x, y, 0.3, spsa_cfg, seed=0)[1]
+    return _checks(meta, cfg, len(y))
+
+
+def test_masking_checks_on_real_models_flag_a_saturated_decoy_and_pass_a_smooth_one():
+    """End to end on models (the quick profile's checks: MIM at 10 and 40 steps, ε = 1, SPSA):
+    T = M∘P with a saturated P has zero input gradients, so MIM cannot move and T keeps its
+    answers even at ε = 1; T = M∘(identity) passes every check."""
+    from tests.helpers import tiny
+
+    m = tiny(0)
+    g = torch.Generator().manual_seed(0)
+    x = torch.where(torch.rand(16, 1, 8, 8, generator=g) > 0.5, 0.9, 0.1)
+    masked = nn.Sequential(_Saturated(), m).eval()
+    smooth = nn.Sequential(nn.Identity(), m).eval()
+    with torch.no_grad():  # each T is judged against its own clean answers: it starts right
+        y_masked, y = masked(x).argmax(1), smooth(x).argmax(1)
+    bad = _diagnose(masked, m, x, y_masked)
+    assert {"gradient", "unbounded"} <= set(bad["flagged"])
+    assert bad["gradient"]["grad_t"] == 0 and bad["unbounded"]["ac_mop"] == 1.0
+    good = _diagnose(smooth, m, x, y)
+    assert good["flagged"] == [], good
+    assert good["gradient"]["ratio"] == pytest.approx(1.0) and good["unbounded"]["ac_mop"] == 0
