@@ -44,7 +44,7 @@ def logit_classes(target: torch.nn.Module, x: torch.Tensor) -> list[int] | None:
 
     if len(x) == 0:
         return None
-    mean = predict_logits(target, x[:1000]).double().mean(0)
+    mean = predict_logits(target, x[:1000], batch_size=100).double().mean(0)
     if len(mean) <= LOGIT_CLASSES:
         return None
     order = sorted(range(len(mean)), key=lambda c: (-float(mean[c]), c))
