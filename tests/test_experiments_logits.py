@@ -56,3 +56,17 @@ def test_run_logits_on_many_classes_matches_the_hand_computation(tmp_path):
     assert set(out["rates"]["ce"]) == {str(c) for c in classes}
     for j, c in enumerate(classes):
         assert out["rates"]["ce"][str(c)] == hand["ce"][str(j)]
+
+
+def test_the_subset_of_classes_is_a_stated_departure(tmp_path):
+    from luring.experiments.analysis import logits_lines
+
+    x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    with RunDir(tmp_path / "many") as run:
+        many = run_logits(run, _linear(13, 0), {"luring": _D(_linear(13, 1))}, x, {}, {})
+    with RunDir(tmp_path / "ten") as run:
+        ten = run_logits(run, _linear(10, 0), {"luring": _D(_linear(10, 1))}, x, {}, {})
+    (line,) = logits_lines(many)
+    assert "on the 10 classes M scores highest" in line
+    assert ", ".join(map(str, many["classes"])) in line
+    assert "classes" not in ten and logits_lines(ten) == []

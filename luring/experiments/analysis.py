@@ -26,7 +26,8 @@ from luring.metrics import (
 from luring.models import predict_labels
 from luring.utils import progress
 
-__all__ = ["run_distortion", "run_logits", "run_saliency", "LOGIT_CLASSES", "logit_classes"]
+__all__ = ["run_distortion", "run_logits", "run_saliency", "LOGIT_CLASSES", "logit_classes",
+           "logits_lines"]
 
 #: The logits analysis looks at every class of a model with at most this many (the paper's
 #: data sets have 10); beyond it (ImageNet's 1,000) at the LOGIT_CLASSES classes M scores
@@ -42,13 +43,23 @@ def logit_classes(target: torch.nn.Module, x: torch.Tensor) -> list[int] | None:
     ``x`` (label-free; ties: lowest index first), in increasing class order."""
     from luring.models import predict_logits
 
-    if len(x) == 0:
+    if len(x) == 0 or predict_logits(target, x[:1]).shape[1] <= LOGIT_CLASSES:
         return None
     mean = predict_logits(target, x[:1000], batch_size=100).double().mean(0)
-    if len(mean) <= LOGIT_CLASSES:
-        return None
     order = sorted(range(len(mean)), key=lambda c: (-float(mean[c]), c))
     return sorted(order[:LOGIT_CLASSES])
+
+
+def logits_lines(logits: dict[str, Any]) -> list[str]:
+    """The departure of a logits analysis result (:func:`run_logits`) from the paper: one line
+    when it looked at a subset of M's classes, else none."""
+    classes = logits.get("classes")
+    if not classes:
+        return []
+    return [f"logits analysis (eq. 5, table 10) on the {len(classes)} classes M scores highest "
+            f"on its images (classes {', '.join(map(str, classes))}), not on all of M's "
+            "classes: each class costs a backward pass per model (paper: 10-class data sets, "
+            "every class)"]
 
 
 def run_distortion(run: RunDir, target: torch.nn.Module, defenses: dict[str, Any],

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from luring.experiments.profiles import step_size
-from luring.models import predict_labels
+from luring.models import model_device, predict_labels
 
 __all__ = ["select_images", "unit_seed", "make_attack", "aggregate", "mean_std", "together",
            "BATCH_IMAGES"]
@@ -28,12 +28,10 @@ def together(n: int, model: nn.Module | None = None) -> int:
     ``$LURING_BATCH_IMAGES`` images per pass, by default :data:`BATCH_IMAGES` for the device
     of ``model``'s first parameter or buffer (CPU without one). Results do not depend on it
     (:func:`luring.attacks.batched.run_together`), only speed and memory do."""
-    import itertools
     import os
 
-    first = next(itertools.chain(model.parameters(), model.buffers()), None) \
-        if model is not None else None
-    kind = first.device.type if first is not None else "cpu"
+    dev = model_device(model)
+    kind = dev.type if dev is not None else "cpu"
     default = BATCH_IMAGES.get(kind, BATCH_IMAGES["cuda"])
     try:
         cap = int(os.environ.get("LURING_BATCH_IMAGES", str(default)))

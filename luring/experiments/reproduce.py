@@ -34,7 +34,7 @@ from luring.data import get_spec, load
 from luring.errors import LuringError
 from luring.experiments import shards
 from luring.experiments.adaptive import run_adaptive
-from luring.experiments.analysis import run_distortion, run_logits, run_saliency
+from luring.experiments.analysis import logits_lines, run_distortion, run_logits, run_saliency
 from luring.experiments.characterize import run_characterize
 from luring.experiments.common import select_images
 from luring.experiments.defend import run_defend
@@ -237,13 +237,8 @@ def _experiments(ctx: _Context, defenses: dict, experiments: tuple[str, ...], *,
     if "logits" in experiments and (first or final):
         x, _, ident = images(settings["logits"]["n"], "logits")
         results["logits"] = run_logits(run, target, first, x, settings, ident)
-        if "classes" in results["logits"] and "differences_from_paper" in results:
-            results["differences_from_paper"].append(
-                f"logits analysis (eq. 5, table 10) on the {len(results['logits']['classes'])} "
-                "classes M scores highest on its images (classes "
-                f"{', '.join(map(str, results['logits']['classes']))}), not on all of M's "
-                "classes: each class costs a backward pass per model (paper: 10-class data "
-                "sets, every class)")
+        if "differences_from_paper" in results:
+            results["differences_from_paper"] += logits_lines(results["logits"])
     if "saliency" in experiments and final:
         x, y, ident = images(settings["saliency"]["n"], "saliency")
         run_saliency(run, target, first, x, y, ident)

@@ -21,7 +21,7 @@ from luring.models.checkpoint import (
 )
 from luring.models.importing import import_target, read_weights
 from luring.models.mobilenet import MobileNetV2
-from luring.models.predict import predict_labels, predict_logits
+from luring.models.predict import model_device, predict_labels, predict_logits
 
 __all__ = [
     "ARCHITECTURES",
@@ -41,6 +41,7 @@ __all__ = [
     "read_sidecar",
     "save_checkpoint",
     "predict_labels",
+    "model_device",
     "predict_logits",
     "load_model",
 ]

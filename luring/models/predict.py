@@ -9,17 +9,23 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["predict_logits", "predict_labels"]
+__all__ = ["predict_logits", "predict_labels", "model_device"]
+
+
+def model_device(model: object) -> torch.device | None:
+    """The device of ``model``'s first parameter or buffer; None for a model with neither
+    (or an object that is not an ``nn.Module``)."""
+    tensors = itertools.chain(model.parameters(), model.buffers()) \
+        if isinstance(model, nn.Module) else iter(())
+    first = next(tensors, None)
+    return first.device if first is not None else None
 
 
 def _device(model: nn.Module, images: torch.Tensor,
             device: torch.device | str | None) -> torch.device | str:
     if device is not None:
         return device
-    tensors = itertools.chain(model.parameters(), model.buffers()) \
-        if isinstance(model, nn.Module) else iter(())
-    first = next(tensors, None)
-    return first.device if first is not None else images.device
+    return model_device(model) or images.device
 
 
 def _map_chunks(model: nn.Module, images: torch.Tensor, batch_size: int,
