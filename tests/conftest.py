@@ -8,6 +8,10 @@ import pytest
 import torch
 
 os.environ.setdefault("LURING_NO_PROGRESS", "1")
+# Tests compare numbers and bytes across runs: the CLI's default precision (auto) would pick
+# bfloat16 on CPUs with bf16 units and float32 elsewhere, so tests run float32 unless a test
+# asks for another precision (tests/test_precision.py does).
+os.environ.setdefault("LURING_PRECISION", "fp32")
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ def test_attack_cli_end_to_end(source_dir, tmp_path, capsys):
     out = tmp_path / "adv"
     code = run(["attack", "--source", str(source_dir), "--attack", "mim", "--eps", "0.3",
                 "--steps", "5", "--alpha", "0.06", "--images", "20", "--out", str(out),
-                "--device", "cpu", "--batch-size", "8", "--seed", "1"])
+                "--device", "cpu", "--chunk", "8", "--batch-size", "16", "--seed", "1"])
     assert code == 0
     assert "success rate" in capsys.readouterr().out
     t = load_file(out / "adversarial.safetensors")

@@ -250,10 +250,13 @@ def tiny_source(tmp_path_factory):
 
 @pytest.mark.parametrize("attack", [
     # random start per example (start_index seeds), 13 images in chunks of 4: 8 + 5
-    ["--attack", "pgd", "--eps", "0.2", "--steps", "3", "--images", "13", "--batch-size", "4"],
+    ["--attack", "pgd", "--eps", "0.2", "--steps", "3", "--images", "13", "--chunk", "4"],
     # per-example extras (success, l2) and a non-sign update; 3 chunks of 2: 2 on rank 0
     ["--attack", "cw-l2", "--eps", "1", "--steps", "3", "--binary-steps", "2", "--images", "5",
-     "--batch-size", "2"],
+     "--chunk", "2"],
+    # MIM in bf16 (where the CPU runs it) with calls of 16 images over chunks of 8
+    ["--attack", "mim", "--eps", "0.3", "--steps", "3", "--images", "21", "--chunk", "8",
+     "--batch-size", "16", "--precision", "auto"],
 ])
 def test_attack_two_processes_write_what_one_process_writes(attack, tiny_source, tmp_path,
                                                             capsys):
@@ -273,6 +276,8 @@ def test_attack_two_processes_write_what_one_process_writes(attack, tiny_source,
     assert a == b
     if "cw-l2" in attack:
         assert len(b["success"]) == len(b["l2"]) == 5
+    elif "mim" in attack:
+        assert b["n_backward"] == 3 * 3 and b["chunk"] == 8
     else:
         assert b["n_backward"] == 4 * 3 and b["n_queries"] == 13 * 4   # 4 chunks, summed
 

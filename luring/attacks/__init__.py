@@ -7,26 +7,31 @@ attack is batched (an example's result does not depend on the rest of its batch)
 the model's device, is deterministic under ``seed`` and counts its passes (``n_forward``,
 ``n_backward``, ``n_queries``); ``params()`` gives its resolved parameters.
 
-Gradient attacks (FGSM, PGD, MIM, DIM, MIMTI, DIMTI and the transfer attacks NIFGSM,
-SINIFGSM, VMIFGSM, VNIFGSM) share one iterative loop with hooks
-(:mod:`luring.attacks.iterative`); each takes ``loss="ce"|"margin"`` (with ``kappa``) and a
-gradient source ``grad_model`` such as :func:`bpda` (straight-through gradients for
-saturating layers). SPSA and ECO are query-only; CWL2 is the minimum-l2 attack;
-:func:`worst_case_search` is the paper's MIM-W transfer search; :func:`train_substitute` is
-Papernot et al.'s substitute-model attacker (queries only).
+Gradient attacks (FGSM, PGD, MIM, DIM, MIMTI, DIMTI, the transfer attacks NIFGSM,
+SINIFGSM, VMIFGSM, VNIFGSM, and the input-transformation attacks SIA and BSR) share one
+iterative loop with hooks (:mod:`luring.attacks.iterative`); each takes
+``loss="ce"|"margin"`` (with ``kappa``) and a gradient source ``grad_model`` such as
+:func:`bpda` (straight-through gradients for saturating layers) or an :class:`Ensemble` of
+models (averaged logits, or averaged per-model losses with :func:`with_ensemble_loss`).
+SPSA and ECO are query-only; CWL2 is the minimum-l2 attack; :func:`worst_case_search` is the
+paper's MIM-W transfer search; :func:`train_substitute` is Papernot et al.'s substitute-model
+attacker (queries only).
 """
 
 from luring.attacks.base import Attack, enforce_bounds
 from luring.attacks.bpda import BPDA, bpda
+from luring.attacks.bsr import BSR, BlockShuffleRotate, block_shuffle_rotate
 from luring.attacks.cw import CWL2
 from luring.attacks.dim import DIM, DiverseInput, diverse_input
 from luring.attacks.eco import ECO
+from luring.attacks.ensemble import Ensemble, EnsembleLoss, with_ensemble_loss
 from luring.attacks.fgsm import FGSM
 from luring.attacks.iterative import IterativeAttack
 from luring.attacks.losses import LOSSES, attack_loss
 from luring.attacks.mim import MIM
 from luring.attacks.pgd import PGD
 from luring.attacks.registry import ATTACKS, attack_parameters, create
+from luring.attacks.sia import SIA, StructureInvariant, structure_invariant
 from luring.attacks.spsa import SPSA
 from luring.attacks.substitute import Substitute, train_substitute
 from luring.attacks.ti import DIMTI, MIMTI, GaussianSmoothing, gaussian_kernel
@@ -51,6 +56,15 @@ __all__ = [
     "SINIFGSM",
     "VMIFGSM",
     "VNIFGSM",
+    "SIA",
+    "BSR",
+    "StructureInvariant",
+    "structure_invariant",
+    "BlockShuffleRotate",
+    "block_shuffle_rotate",
+    "Ensemble",
+    "EnsembleLoss",
+    "with_ensemble_loss",
     "SPSA",
     "ECO",
     "CWL2",

@@ -17,13 +17,27 @@ and 128 queries). ``params()`` gives the resolved parameters as a JSON-able dict
 
 Seeds: randomness for example ``i`` of a call is drawn from a generator seeded with
 ``example_seed(seed, start_index + i, stream)``, so one example's result does not depend on
-which other examples share its batch (nor on ``batch_size``).
+which other examples share its batch.
+
+Chunks: a call works on fixed chunks of ``chunk`` images (``batch_size``, default
+:func:`default_chunk`: 128 on a CPU, 1,024 on a GPU) at fixed *global* offsets: example
+``start_index + i`` is in chunk ``(start_index + i) // chunk``, whatever the call's length.
+Convolution kernels may change with a batch's shape (oneDNN picks them by shape on some
+CPUs), so an image meets the same kernels whether it is attacked alone in its chunk, in a
+longer call, or by one of K processes that each take whole chunks: the results are the same
+bytes for any split of the work that keeps chunk boundaries.
+
+Precision: gradient attacks compute their input gradients in ``precision``
+(:mod:`luring.precision`: ``fp32``, ``bf16``, ``fp16`` or ``auto``; default the process
+default) on a channels-last twin of the gradient model; the labels they attack and every
+success judgement run the real model in float32.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from luring import precision as prec
 from luring.errors import LuringError
 from luring.utils import check_images, check_range, make_generator
 
@@ -45,7 +60,41 @@ __all__ = [
     "eval_frozen",
     "check_int",
     "check_float",
+    "default_chunk",
+    "chunk_bounds",
+    "CHUNK",
 ]
+
+#: Default chunk size (images per batched pass of an attack) by device type: on a CPU a
+#: forward and backward of the paper's models runs fastest at about 128 images; a GPU wants
+#: large launches. ``$LURING_CHUNK`` overrides both.
+CHUNK = {"cpu": 128, "cuda": 1024}
+
+
+def default_chunk(device: torch.device | str | None = None) -> int:
+    """The chunk size for ``device``: ``$LURING_CHUNK`` when set, else :data:`CHUNK`."""
+    env = os.environ.get("LURING_CHUNK")
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise LuringError(f"$LURING_CHUNK must be an integer ≥ 1, got {env!r}")
+        return value
+    kind = torch.device(device).type if device is not None else "cpu"
+    return CHUNK.get(kind, CHUNK["cuda"])
+
+
+def chunk_bounds(start: int, n: int, chunk: int) -> list[tuple[int, int]]:
+    """The chunks ``[(lo, hi), ...]`` (offsets relative to ``start``) of examples
+    ``start .. start+n-1`` cut at the global multiples of ``chunk``."""
+    out, i = [], 0
+    while i < n:
+        hi = min(n, ((start + i) // chunk + 1) * chunk - start)
+        out.append((i, hi))
+        i = hi
+    return out
 
 _MASK64 = (1 << 64) - 1
 
@@ -208,8 +257,11 @@ class Attack:
 
     name: str = "attack"
 
+    #: Does this attack compute input gradients (and so honour ``precision``)?
+    uses_gradients: bool = False
+
     def __init__(self, model: nn.Module, *, eps: float, seed: int = 0,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None, precision: str | None = None) -> None:
         if not callable(model):
             raise LuringError(f"model must be a callable nn.Module, got {type(model).__name__}")
         self.model = model
@@ -220,6 +272,10 @@ class Attack:
         self.n_backward = 0
         self.n_queries = 0
         self.labels_from_model = False
+        self.precision_requested = prec.requested(precision)
+        #: the precision the last call computed gradients in (resolved from ``auto``)
+        self.precision: str | None = None
+        self._twin: nn.Module | None = None
 
     # ---- to override -------------------------------------------------------------------
     def _params(self) -> dict[str, Any]:
@@ -244,8 +300,11 @@ class Attack:
     # ---- public ------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
         """Resolved parameters (JSON-able), including ``eps``, ``seed`` and ``batch_size``."""
-        return {"eps": self.eps, **self._params(), "seed": self.seed,
-                "batch_size": self.batch_size}
+        out = {"eps": self.eps, **self._params(), "seed": self.seed,
+               "batch_size": self.batch_size}
+        if self.uses_gradients:
+            out["precision"] = self.precision or self.precision_requested
+        return out
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
@@ -278,20 +337,56 @@ class Attack:
         with contextlib.ExitStack() as frozen:
             for m in self._models():
                 frozen.enter_context(eval_frozen(m))
+            step = self.chunk
             if y is None:
                 self.labels_from_model = True
-                y0 = self.predict(x0)
+                y0 = self.predict(x0, start_index=start_index)
             else:
                 self.labels_from_model = False
                 y0 = self._check_labels(y, n).to(dev)
+            self._prepare_gradients(x0)
             self._begin(n)
-            step = self.batch_size or max(n, 1)
-            outs = [enforce_bounds(self._run(x0[s:s + step], y0[s:s + step], start_index + s)
-                                   .detach(), x0[s:s + step], **self._bounds())
-                    for s in range(0, n, step)]
+            try:
+                outs = [enforce_bounds(self._run(x0[a:b], y0[a:b], start_index + a).detach(),
+                                       x0[a:b], **self._bounds())
+                        for a, b in chunk_bounds(start_index, n, step)]
+            finally:
+                self._twin = None
             self._end()
         out = torch.cat(outs) if outs else x0.clone()
         return out.to(x.device)
+
+    @property
+    def chunk(self) -> int:
+        """Images per chunk: ``batch_size``, else :func:`default_chunk` for the device."""
+        return self.batch_size or default_chunk(self.device)
+
+    def _prepare_gradients(self, x: torch.Tensor) -> None:
+        """Resolve the precision and build the gradient twin for this call."""
+        if not self.uses_gradients:
+            return
+        gm = self.gradient_source
+        self.precision = prec.resolve(self.precision_requested, gm if isinstance(
+            gm, nn.Module) else None, x.device, tuple(x.shape[1:]))
+        self._twin = prec.gradient_twin(gm, self.precision) if isinstance(gm, nn.Module) \
+            else gm
+
+    @property
+    def gradient_source(self) -> nn.Module:
+        """The module whose gradients the attack follows (the attacked model by default)."""
+        return self.model
+
+    def grad_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """One counted forward of the gradient source on ``x`` for a gradient: in the call's
+        precision (autocast, channels-last twin) with float32 logits out; plain float32
+        outside a call."""
+        twin = self._twin if self._twin is not None else self.gradient_source
+        p = self.precision or "fp32"
+        if p != "fp32" and x.dim() == 4 and prec.uses_channels_last(p, twin):
+            x = x.contiguous(memory_format=torch.channels_last)
+        with prec.autocast(p, x.device):
+            out = self._logits(x, twin)
+        return out.float()
 
     # ---- helpers for subclasses ----------------------------------------------------------
     def _logits(self, x: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
@@ -302,10 +397,14 @@ class Attack:
         return (self.model if model is None else model)(x)
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-        """Counted argmax predictions, in chunks of ``chunk`` (default ``batch_size``)."""
-        step = chunk or self.batch_size or max(len(x), 1)
-        preds = [self._logits(x[s:s + step]).argmax(1) for s in range(0, len(x), step)]
+    def predict(self, x: torch.Tensor, chunk: int | None = None, start_index: int = 0
+                ) -> torch.Tensor:
+        """Counted float32 argmax predictions of the real model, in chunks of ``chunk``
+        (default :attr:`chunk`) cut at the global multiples of it (``x[0]`` is example
+        ``start_index``)."""
+        step = chunk or self.chunk
+        preds = [self._logits(x[a:b]).argmax(1)
+                 for a, b in chunk_bounds(start_index, len(x), step)]
         return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=x.device)
 
     @staticmethod

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from luring import precision as prec
 from luring.attacks.base import enforce_bounds, eval_frozen, linf_box
 from luring.attacks.iterative import IterativeAttack
 from luring.errors import LuringError
@@ -41,7 +42,9 @@ def run_together(attacks: list[IterativeAttack], x: torch.Tensor, y: torch.Tenso
     """Run ``attacks`` (all :func:`batchable`, on the same model, gradient source and number of
     steps) on images x (N, C, H, W) in [0, 1] against labels y (N,), one batched forward and
     backward of S·N images per step. Returns each attack's x_adv (N, C, H, W), exactly as
-    ``attack(x, y)`` would, on x's device; counts are kept per attack."""
+    ``attack(x, y)`` would (in float32; in a lower precision the batched pass may round
+    differently), on x's device; counts are kept per attack. The attacks must share the
+    precision (:mod:`luring.precision`)."""
     if not attacks:
         return []
     bad = [type(a).__name__ for a in attacks if not batchable(a)]
@@ -57,10 +60,17 @@ def run_together(attacks: list[IterativeAttack], x: torch.Tensor, y: torch.Tenso
     x0 = x.detach().to(device=dev, dtype=torch.float32)
     y0 = torch.as_tensor(y).long().to(dev)
     n = len(x0)
-    gm = a0.grad_model if a0.grad_model is not None else a0.model
+    gm = a0.gradient_source
     with eval_frozen(a0.model), eval_frozen(gm):
+        p = prec.resolve(a0.precision_requested, gm, dev, tuple(x0.shape[1:]))
+        if any(prec.resolve(a.precision_requested, gm, dev, tuple(x0.shape[1:])) != p
+               for a in attacks):
+            raise LuringError("attacks run together must share the precision")
+        twin = prec.gradient_twin(gm, p)
+        cl = prec.uses_channels_last(p, twin)
         state = []
         for a in attacks:
+            a.precision = p
             a.n_forward = a.n_backward = a.n_queries = 0
             a.labels_from_model = False
             if a.input_transform is not None:
@@ -74,11 +84,15 @@ def run_together(attacks: list[IterativeAttack], x: torch.Tensor, y: torch.Tenso
             with torch.enable_grad():
                 x_in = torch.cat([a.transform_input(p, step)
                                   for a, p in zip(attacks, points, strict=True)])
-                logits = gm(x_in)
+                if cl:
+                    x_in = x_in.contiguous(memory_format=torch.channels_last)
+                with prec.autocast(p, dev):
+                    logits = twin(x_in)
+                logits = logits.float()
                 loss = sum(a.objective(logits[i * n:(i + 1) * n], y0)
                            for i, a in enumerate(attacks))
                 grads = torch.autograd.grad(loss, points)
-            for a, s, g in zip(attacks, state, grads, strict=True):
+            for a, s, g in zip(attacks, state, [g.contiguous() for g in grads], strict=True):
                 a.n_forward += 1
                 a.n_backward += 1
                 a.n_queries += n

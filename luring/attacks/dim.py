@@ -106,8 +106,10 @@ class DIM(MIM):
                  eps_l2: float | None = None, clip_linf: bool = True,
                  grad_transform: GradTransform | None = None, loss: str = "ce",
                  kappa: float = 0.0, grad_model: nn.Module | None = None, seed: int = 0,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None,
+                 precision: str | None = None) -> None:
         super().__init__(model, eps=eps, steps=steps, alpha=alpha, mu=mu, norm=norm,
                          eps_l2=eps_l2, clip_linf=clip_linf, input_transform=DiverseInput(p),
                          grad_transform=grad_transform, loss=loss, kappa=kappa,
-                         grad_model=grad_model, seed=seed, batch_size=batch_size)
+                         grad_model=grad_model, seed=seed, batch_size=batch_size,
+                         precision=precision)

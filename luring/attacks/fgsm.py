@@ -28,9 +28,11 @@ class FGSM(IterativeAttack):
 
     def __init__(self, model: nn.Module, eps: float = 0.3, *, loss: str = "ce",
                  kappa: float = 0.0, grad_model: nn.Module | None = None, seed: int = 0,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None,
+                 precision: str | None = None) -> None:
         super().__init__(model, eps=eps, steps=1, alpha=eps, loss=loss, kappa=kappa,
-                         grad_model=grad_model, seed=seed, batch_size=batch_size)
+                         grad_model=grad_model, seed=seed, batch_size=batch_size,
+                         precision=precision)
 
     def _params(self) -> dict[str, Any]:
         keys = ("loss", "kappa", "grad_model")

@@ -94,10 +94,11 @@ class IterativeAttack(Attack):
         scales: SI: average the gradients of the copies ``x/2^i``, i < scales (1 = off).
         neighbors, beta: VT (Wang & He 2021): ``neighbors`` samples (0 = off) uniform in the
             l∞ ``beta·eps`` box around the iterate tune the next gradient.
-        seed, batch_size: see :class:`~luring.attacks.base.Attack`.
+        seed, batch_size, precision: see :class:`~luring.attacks.base.Attack`.
     """
 
     name = "iterative"
+    uses_gradients = True
 
     def __init__(self, model: nn.Module, *, eps: float, steps: int, alpha: float,
                  norm: str = "linf", eps_l2: float | None = None, clip_linf: bool = True,
@@ -106,8 +107,10 @@ class IterativeAttack(Attack):
                  grad_transform: GradTransform | None = None, loss: str = "ce",
                  kappa: float = 0.0, grad_model: nn.Module | None = None,
                  nesterov: bool = False, scales: int = 1, neighbors: int = 0,
-                 beta: float = 1.5, seed: int = 0, batch_size: int | None = None) -> None:
-        super().__init__(model, eps=eps, seed=seed, batch_size=batch_size)
+                 beta: float = 1.5, seed: int = 0, batch_size: int | None = None,
+                 precision: str | None = None) -> None:
+        super().__init__(model, eps=eps, seed=seed, batch_size=batch_size,
+                         precision=precision)
         if norm not in NORMS:
             raise LuringError(f"unknown norm {norm!r}; choose linf or l2")
         self.norm = norm
@@ -179,6 +182,11 @@ class IterativeAttack(Attack):
 
     def _models(self) -> list[nn.Module]:
         return [self.model] + ([self.grad_model] if self.grad_model is not None else [])
+
+    @property
+    def gradient_source(self) -> nn.Module:
+        """``grad_model`` when given, else the attacked model."""
+        return self.grad_model if self.grad_model is not None else self.model
 
     @property
     def evals_per_step(self) -> int:
@@ -257,10 +265,10 @@ class IterativeAttack(Attack):
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
             x_in = x_adv if divisor == 1 else x_adv / divisor
-            logits = self._logits(self.transform_input(x_in, step), self.grad_model)
+            logits = self.grad_logits(self.transform_input(x_in, step))
             (g,) = torch.autograd.grad(self.objective(logits, y), x_adv)
         self.n_backward += 1
-        return g
+        return g.contiguous()
 
     def point_grad(self, point: torch.Tensor, y: torch.Tensor, first: int) -> torch.Tensor:
         """The gradient at ``point``: SI's mean over the copies point/2^i, i < scales (draw

@@ -42,10 +42,12 @@ class MIM(IterativeAttack):
                  clip_linf: bool = True, input_transform: InputTransform | None = None,
                  grad_transform: GradTransform | None = None, loss: str = "ce",
                  kappa: float = 0.0, grad_model: nn.Module | None = None, seed: int = 0,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None,
+                 precision: str | None = None) -> None:
         super().__init__(model, eps=eps, steps=steps, alpha=alpha, norm=norm, eps_l2=eps_l2,
                          clip_linf=clip_linf, mu=mu, input_transform=input_transform,
                          grad_transform=grad_transform, loss=loss, kappa=kappa,
-                         grad_model=grad_model, seed=seed, batch_size=batch_size)
+                         grad_model=grad_model, seed=seed, batch_size=batch_size,
+                         precision=precision)
         if self.norm == "l2":
             self.name = f"{type(self).name}-l2"

@@ -32,7 +32,9 @@ class PGD(IterativeAttack):
     def __init__(self, model: nn.Module, eps: float = 0.3, steps: int = 1000, alpha: float = 0.01,
                  *, random_start: bool = True, loss: str = "ce", kappa: float = 0.0,
                  grad_model: nn.Module | None = None, seed: int = 0,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None,
+                 precision: str | None = None) -> None:
         super().__init__(model, eps=eps, steps=steps, alpha=alpha, random_start=random_start,
                          loss=loss, kappa=kappa, grad_model=grad_model, seed=seed,
-                         batch_size=batch_size)
+                         batch_size=batch_size,
+                         precision=precision)

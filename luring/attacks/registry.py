@@ -9,12 +9,14 @@ from typing import Any
 from torch import nn
 
 from luring.attacks.base import Attack
+from luring.attacks.bsr import BSR
 from luring.attacks.cw import CWL2
 from luring.attacks.dim import DIM
 from luring.attacks.eco import ECO
 from luring.attacks.fgsm import FGSM
 from luring.attacks.mim import MIM
 from luring.attacks.pgd import PGD
+from luring.attacks.sia import SIA
 from luring.attacks.spsa import SPSA
 from luring.attacks.ti import DIMTI, MIMTI
 from luring.attacks.transfer import NIFGSM, SINIFGSM, VMIFGSM, VNIFGSM
@@ -35,6 +37,8 @@ ATTACKS: dict[str, tuple[type[Attack], dict[str, Any]]] = {
     "si-ni-fgsm": (SINIFGSM, {}),
     "vmi-fgsm": (VMIFGSM, {}),
     "vni-fgsm": (VNIFGSM, {}),
+    "sia": (SIA, {}),
+    "bsr": (BSR, {}),
     "spsa": (SPSA, {}),
     "eco": (ECO, {}),
     "cw-l2": (CWL2, {}),

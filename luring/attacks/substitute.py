@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from luring import precision as prec
 from luring.attacks.base import check_float, check_int, eval_frozen, model_device
 from luring.errors import LuringError
 from luring.models import build, predict_logits
@@ -65,7 +66,8 @@ def train_substitute(oracle: nn.Module, x_pool: torch.Tensor, *, arch: str = "mn
                      num_classes: int | None = None, labels: str = "hard", epochs: int = 10,
                      batch_size: int = 64, lr: float = 1e-3, rounds: int = 0,
                      lam: float = 0.1, seed: int = 0,
-                     device: str | torch.device | None = None) -> Substitute:
+                     device: str | torch.device | None = None,
+                     precision: str | None = None) -> Substitute:
     """Train a substitute of ``oracle`` (T) from its answers on ``x_pool``.
 
     Args:
@@ -81,6 +83,8 @@ def train_substitute(oracle: nn.Module, x_pool: torch.Tensor, *, arch: str = "mn
         lam: the augmentation step λ (Papernot et al. use 0.1 on MNIST).
         seed: initialisation and shuffling seed.
         device: where to train (default: the oracle's device).
+        precision: the substitute's training steps (:mod:`luring.precision`; default the
+            process default); T's answers and the agreement are float32.
     Returns:
         a :class:`Substitute`; ``queries`` = N · 2^rounds images labelled by T.
     """
@@ -108,17 +112,24 @@ def train_substitute(oracle: nn.Module, x_pool: torch.Tensor, *, arch: str = "mn
             sub = build(arch, in_channels=pool.shape[1], num_classes=k).to(dev)
         opt = torch.optim.Adam(sub.parameters(), lr=lr)
         gen = make_generator(seed, "cpu")
+        p = prec.resolve(precision, sub, dev, tuple(pool.shape[1:]))
         history: list[dict[str, Any]] = []
         for r in range(rounds + 1):
             sub.train()
-            for _ in range(epochs):
-                perm = torch.randperm(len(pool), generator=gen)
-                for i in range(0, len(pool), batch_size):
-                    idx = perm[i:i + batch_size]
-                    loss = _loss(sub(pool[idx].to(dev)), answers[idx].to(dev))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+            with prec.training_format(p, sub):
+                for _ in range(epochs):
+                    perm = torch.randperm(len(pool), generator=gen)
+                    for i in range(0, len(pool), batch_size):
+                        idx = perm[i:i + batch_size]
+                        xb = pool[idx].to(dev)
+                        if p != "fp32":
+                            xb = xb.contiguous(memory_format=torch.channels_last)
+                        with prec.autocast(p, dev):
+                            out = sub(xb)
+                        loss = _loss(out.float(), answers[idx].to(dev))
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
             sub.eval()
             agree = _agreement(sub, pool, answers)
             history.append({"round": r, "pool": len(pool), "queries": queries,

@@ -71,12 +71,14 @@ class MIMTI(MIM):
                  mu: float = 1.0, kernel_size: int = 5, *, nsig: float = 3.0,
                  norm: str = "linf", eps_l2: float | None = None, clip_linf: bool = True,
                  loss: str = "ce", kappa: float = 0.0, grad_model: nn.Module | None = None,
-                 seed: int = 0, batch_size: int | None = None) -> None:
+                 seed: int = 0, batch_size: int | None = None,
+                 precision: str | None = None) -> None:
         super().__init__(model, eps=eps, steps=steps, alpha=alpha, mu=mu, norm=norm,
                          eps_l2=eps_l2, clip_linf=clip_linf,
                          grad_transform=GaussianSmoothing(kernel_size, nsig), loss=loss,
                          kappa=kappa, grad_model=grad_model, seed=seed,
-                         batch_size=batch_size)
+                         batch_size=batch_size,
+                         precision=precision)
 
 
 class DIMTI(DIM):
@@ -89,9 +91,11 @@ class DIMTI(DIM):
                  mu: float = 1.0, p: float = 1.0, kernel_size: int = 5, *, nsig: float = 3.0,
                  norm: str = "linf", eps_l2: float | None = None, clip_linf: bool = True,
                  loss: str = "ce", kappa: float = 0.0, grad_model: nn.Module | None = None,
-                 seed: int = 0, batch_size: int | None = None) -> None:
+                 seed: int = 0, batch_size: int | None = None,
+                 precision: str | None = None) -> None:
         super().__init__(model, eps=eps, steps=steps, alpha=alpha, mu=mu, p=p, norm=norm,
                          eps_l2=eps_l2, clip_linf=clip_linf,
                          grad_transform=GaussianSmoothing(kernel_size, nsig), loss=loss,
                          kappa=kappa, grad_model=grad_model, seed=seed,
-                         batch_size=batch_size)
+                         batch_size=batch_size,
+                         precision=precision)

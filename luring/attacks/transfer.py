@@ -67,7 +67,8 @@ class _Transfer(IterativeAttack):
                  input_transform: InputTransform | None = None,
                  grad_transform: GradTransform | None = None, loss: str = "ce",
                  kappa: float = 0.0, grad_model: nn.Module | None = None, seed: int = 0,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None,
+                 precision: str | None = None) -> None:
         eps = check_float("eps", eps, 0.0, 1.0)
         steps = check_int("steps", steps, 0)
         if alpha is None:
@@ -76,7 +77,8 @@ class _Transfer(IterativeAttack):
         super().__init__(model, eps=eps, steps=steps, alpha=alpha, mu=mu,
                          input_transform=di, grad_transform=ti, loss=loss, kappa=kappa,
                          grad_model=grad_model, nesterov=self._nesterov, scales=scales,
-                         neighbors=neighbors, beta=beta, seed=seed, batch_size=batch_size)
+                         neighbors=neighbors, beta=beta, seed=seed, batch_size=batch_size,
+                         precision=precision)
 
     def _params(self) -> dict[str, Any]:
         out = super()._params()
@@ -111,11 +113,13 @@ class NIFGSM(_Transfer):
                  input_transform: InputTransform | None = None,
                  grad_transform: GradTransform | None = None, loss: str = "ce",
                  kappa: float = 0.0, grad_model: nn.Module | None = None, seed: int = 0,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None,
+                 precision: str | None = None) -> None:
         super().__init__(model, eps, steps, alpha, mu, p=p, kernel_size=kernel_size,
                          input_transform=input_transform, grad_transform=grad_transform,
                          loss=loss, kappa=kappa, grad_model=grad_model, seed=seed,
-                         batch_size=batch_size)
+                         batch_size=batch_size,
+                         precision=precision)
 
 
 class SINIFGSM(_Transfer):
@@ -132,11 +136,13 @@ class SINIFGSM(_Transfer):
                  input_transform: InputTransform | None = None,
                  grad_transform: GradTransform | None = None, loss: str = "ce",
                  kappa: float = 0.0, grad_model: nn.Module | None = None, seed: int = 0,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None,
+                 precision: str | None = None) -> None:
         super().__init__(model, eps, steps, alpha, mu, scales=scales, p=p,
                          kernel_size=kernel_size, input_transform=input_transform,
                          grad_transform=grad_transform, loss=loss, kappa=kappa,
-                         grad_model=grad_model, seed=seed, batch_size=batch_size)
+                         grad_model=grad_model, seed=seed, batch_size=batch_size,
+                         precision=precision)
 
 
 class VMIFGSM(_Transfer):
@@ -155,12 +161,14 @@ class VMIFGSM(_Transfer):
                  input_transform: InputTransform | None = None,
                  grad_transform: GradTransform | None = None, loss: str = "ce",
                  kappa: float = 0.0, grad_model: nn.Module | None = None, seed: int = 0,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None,
+                 precision: str | None = None) -> None:
         check_int("neighbors", neighbors, 1)
         super().__init__(model, eps, steps, alpha, mu, neighbors=neighbors, beta=beta, p=p,
                          kernel_size=kernel_size, input_transform=input_transform,
                          grad_transform=grad_transform, loss=loss, kappa=kappa,
-                         grad_model=grad_model, seed=seed, batch_size=batch_size)
+                         grad_model=grad_model, seed=seed, batch_size=batch_size,
+                         precision=precision)
 
 
 class VNIFGSM(VMIFGSM):

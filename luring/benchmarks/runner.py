@@ -19,9 +19,11 @@ from typing import Any
 
 import torch
 
+from luring import precision as prec
 from luring.benchmarks import memory
-from luring.benchmarks.config import TARGETS, BenchConfig
+from luring.benchmarks.config import LOWER_PRECISION_TARGETS, TARGETS, BenchConfig
 from luring.benchmarks.libraries import agreement, available
+from luring.benchmarks.peak import fractions, matmul_peak, work_flops
 from luring.benchmarks.report import evaluate_targets
 from luring.benchmarks.timing import interleaved, ratio, run_interleaved, stats
 from luring.benchmarks.workloads import CONTENDERS, Contender, Env, build_contender, build_env
@@ -169,9 +171,12 @@ def run_benchmark(cfg: BenchConfig, *, device: str | torch.device = "auto", seed
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    before = prec.requested(None)
+    prec.set_default(cfg.precision)  # the MIM-W grid's attacks read the process default
     try:
         return _run(cfg, dev, seed, demo, say)
     finally:
+        prec.set_default(before)
         torch.set_num_threads(threads)
 
 
@@ -201,8 +206,12 @@ def _run(cfg: BenchConfig, dev: torch.device, seed: int, demo: bool,
                  "cpu_throughput": [w / t if t > 0 else None for w, t in
                                     zip(runs[c.name]["work"], runs[c.name]["cpu_seconds"],
                                         strict=True)]} for c in contenders}
+    result["precision"] = {"luring": env.precision, "best": env.best,
+                           "requested": cfg.precision}
     result["ratios"] = {}
     for key, (a, b, target) in TARGETS.items():
+        if env.precision != "fp32" and key in LOWER_PRECISION_TARGETS:
+            target = LOWER_PRECISION_TARGETS[key]
         if a in runs and b in runs:
             per = ratio(runs, a, b)
             med = stats(per)["median"]
@@ -210,6 +219,10 @@ def _run(cfg: BenchConfig, dev: torch.device, seed: int, demo: bool,
                                      "stats": stats(per), "target": target,
                                      "pass": None if target is None else bool(med >= target)}
     _loop_ratio(result, contenders, runs, cfg.reps)
+    if cfg.peak:
+        say("machine peak (matrix multiply) and the models' FLOPs")
+        result["peak"] = _peak(env, dev, {c: result["contenders"][c]["stats"]["median"]
+                                          for c in result["contenders"]})
     result["interleaving"] = {
         "scheme": "contenders that are compared form a group; every repetition runs every "
                   "group as a palindrome (A B C C B A) of an order rotated by one position per "
@@ -247,6 +260,19 @@ def _run(cfg: BenchConfig, dev: torch.device, seed: int, demo: bool,
     result["targets"] = evaluate_targets(result)
     result["seconds"] = time.perf_counter() - t_all
     return result
+
+
+def _peak(env: Env, dev: torch.device, medians: dict[str, float]) -> dict[str, Any]:
+    """The machine's peak matmul GFLOP/s per precision, the FLOPs per unit of work and each
+    contender's share of its precision's peak (:mod:`luring.benchmarks.peak`)."""
+    mm = matmul_peak(dev)
+    flops = work_flops(env.target, env.component, tuple(env.x_test.shape[1:]))
+    return {"matmul_gflops": mm, "flops_per_image": flops,
+            "contenders": fractions(medians, flops, mm, env.precision, env.best),
+            "method": "peak: best of 5 timed n×n matrix products (n = 2,048 on a CPU, 8,192 "
+                      "on a GPU) per precision, 2n³ FLOPs each; work: FlopCounterMode on one "
+                      "forward+backward (to the input for attacks, to the weights for "
+                      "training) per image"}
 
 
 def _loop_ratio(result: dict[str, Any], contenders: list[Contender],

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from luring import precision as prec
+from luring.benchmarks import fast
 from luring.benchmarks.config import BenchConfig
 from luring.models import Stacked, build
 
@@ -62,6 +64,8 @@ class Env:
     y_train: torch.Tensor
     target_info: dict[str, Any] = field(default_factory=dict)
     sizes: dict[str, list[int]] = field(default_factory=dict)
+    precision: str = "fp32"         # luring's contenders (the config's, resolved)
+    best: str = "fp32"              # the bare "best precision" contenders (auto's choice)
 
     @property
     def augmented(self) -> nn.Module:
@@ -117,8 +121,11 @@ def build_env(cfg: BenchConfig, device: torch.device, seed: int = 0, *,
         info["test_accuracy"] = evaluate_accuracy(target, x_te, y_te)
         info["n_test"] = len(x_te)
     component = frozen(_seeded_build("mnist-component", seed + 1).to(device))
+    shape = tuple(x_te.shape[1:])
+    best = prec.resolve("auto", target, device, shape)
+    ours = prec.resolve(cfg.precision, target, device, shape)
     return Env(cfg, device, seed, target, component, x_te, y_te, x_tr, y_tr, info,
-               dict(sizes or {}))
+               dict(sizes or {}), ours, best)
 
 
 def record_forward_sizes(model: nn.Module, fn: Callable[[], Any]) -> list[int]:
@@ -182,7 +189,7 @@ def _gradient_attack(env: Env, name: str) -> Callable[[], float]:
     cls = {"pgd": PGD, "mim": MIM, "dimti": DIMTI, "nifgsm": NIFGSM, "sinifgsm": SINIFGSM,
            "vmifgsm": VMIFGSM, "vnifgsm": VNIFGSM}[name]
     atk = cls(env.target, eps=env.cfg.eps, steps=env.cfg.steps, alpha=env.cfg.alpha,
-              seed=env.seed)
+              seed=env.seed, precision=env.precision)
     x, y = attack_batch(env, env.cfg.batch)
 
     def run() -> float:
@@ -302,7 +309,7 @@ def _train_p(env: Env, notes: dict[str, list[float]]) -> Callable[[], float]:
 
     def run() -> float:
         res = train_defense(env.target, x, method="luring", settings=s, seed=env.seed,
-                            device=env.device)
+                            device=env.device, precision=env.precision)
         # the trainer's own clock: its optimisation loop, without the set-up before it
         # (M's logits on every training image, P's construction and initialisation)
         loop.append(float(res.history[-1]["seconds"]))
@@ -346,7 +353,8 @@ def _train_m(env: Env) -> Callable[[], float]:
     settings = target_settings("mnist", epochs=c.m_epochs, batch_size=c.m_batch)
 
     def run() -> float:
-        train_target(x, y, settings, seed=env.seed, device=env.device)
+        train_target(x, y, settings, seed=env.seed, device=env.device,
+                     precision=env.precision)
         return float(len(x) * c.m_epochs)
 
     return run
@@ -378,7 +386,11 @@ CONTENDERS: dict[str, tuple[str, str, str, Callable[[Env], Callable[[], float]] 
     "bare_fwd_bwd_t": ("fwd_bwd", "images/s", "bare forward+backward (input gradient) of "
                        "T = M∘P", lambda e: _bare_fwd_bwd(e, e.augmented)),
     "bare_loop": ("gradient", "image-iterations/s", "plain sign-gradient loop on M "
-                  "(requires_grad, CE, autograd.grad, sign step, clamp)", _bare_loop),
+                  "(requires_grad, CE, autograd.grad, sign step, clamp), float32 NCHW",
+                  _bare_loop),
+    "bare_loop_best": ("gradient", "image-iterations/s", "the same loop in the best "
+                       "precision (autocast + channels-last; float32 without one)",
+                       fast.bare_loop_best),
     "pgd": ("gradient", "image-iterations/s", "luring.attacks.PGD on M",
             lambda e: _gradient_attack(e, "pgd")),
     "mim": ("gradient", "image-iterations/s", "luring.attacks.MIM on M",
@@ -406,10 +418,15 @@ CONTENDERS: dict[str, tuple[str, str, str, Callable[[Env], Callable[[], float]] 
     "train_p": ("train_p", "images/s", "luring.defense.train_defense (luring loss), P of "
                 "T = M∘P, M frozen", None),
     "bare_step_p": ("train_p", "images/s", "M's logits once, then plain Adam steps on P, "
-                    "luring loss through M∘P",
+                    "luring loss through M∘P, float32 NCHW",
                     _bare_step_p),
+    "bare_step_p_best": ("train_p", "images/s", "the same steps in the best precision",
+                         fast.bare_step_p_best),
     "train_m": ("train_m", "images/s", "luring.models.train.train_target (M, CE)", _train_m),
-    "bare_step_m": ("train_m", "images/s", "plain Adam step on M with CE", _bare_step_m),
+    "bare_step_m": ("train_m", "images/s", "plain Adam step on M with CE, float32 NCHW",
+                    _bare_step_m),
+    "bare_step_m_best": ("train_m", "images/s", "the same steps in the best precision",
+                         fast.bare_step_m_best),
 }
 
 

@@ -2,7 +2,8 @@
 
     luring attack --source DIR --attack NAME --eps E [attack parameters] --images N
                   [--loss ce|margin --kappa K --bpda]
-                  [--dataset D --data-dir ROOT] --out DIR [--seed S --device D --batch-size B]
+                  [--dataset D --data-dir ROOT] --out DIR [--seed S --device D --precision P]
+                  [--chunk C --batch-size B]
 
 The source is a target directory (``model.json``: the model M) or a defense directory
 (``defense.json``: the augmented model T). The first N test images of the source's data set
@@ -14,13 +15,15 @@ Gradient attacks take ``--loss`` / ``--kappa`` and ``--bpda`` (gradients through
 source's saturating layers by the straight-through estimate; success is still judged on the
 source itself).
 
-Under ``torchrun --nproc_per_node=K -m luring attack ...`` the chunks of ``--batch-size``
-images (default: one chunk per process) are split in contiguous blocks over the K processes;
-each attacks its block with the seeds, batches and ``start_index`` a single process uses for
-it, rank 0 gathers and writes. With ``--batch-size`` the outputs are one process's, byte for
-byte (``wall_time_s`` apart: the slowest block's); without it each process attacks its block
-as one chunk (the images of one process with ``--batch-size ceil(N/K)``; ``n_forward`` and
-``n_backward`` count those passes). Nothing is resumable: a run that stops writes nothing.
+Work runs in fixed chunks of ``--chunk`` images (default: 128 on a CPU, 1,024 on a GPU;
+:func:`luring.attacks.base.default_chunk`) at fixed offsets 0, C, 2C, ... of the attacked
+images, ``--batch-size`` images per call (default one chunk; a multiple of the chunk keeps
+the chunk boundaries, so the results do not depend on it). Under ``torchrun
+--nproc_per_node=K -m luring attack ...`` the chunks are split in contiguous blocks over the
+K processes; each attacks its block with the seeds, chunks and ``start_index`` a single
+process uses for it, rank 0 gathers and writes: the outputs are one process's, byte for byte
+(``wall_time_s`` apart: the slowest block's), on any CPU, since every image meets the same
+chunk shape. Nothing is resumable: a run that stops writes nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from safetensors.torch import save as st_save
 
 from luring import distributed
 from luring.attacks import ATTACKS, LOSSES, attack_parameters, bpda, create
+from luring.attacks.base import default_chunk
 from luring.cli.common import (
     LuringParser,
     add_common,
@@ -118,8 +122,12 @@ def register(subparsers: argparse._SubParsersAction) -> LuringParser:
                    help="attack the first N test images (--n is an alias)")
     p.add_argument("--dataset", default=None, help="data set (default: the source's)")
     p.add_argument("--data-dir", default=None, metavar="ROOT", help="data root directory")
+    p.add_argument("--chunk", type=pos_int, default=None,
+                   help="images per batched pass, cut at fixed offsets (default 128 on a CPU, "
+                        "1024 on a GPU; $LURING_CHUNK); part of what determines the results")
     p.add_argument("--batch-size", type=pos_int, default=None,
-                   help="images per chunk (memory control; results do not depend on it)")
+                   help="images per call (memory and progress; default one chunk): a multiple "
+                        "of --chunk gives the same results")
     g = p.add_argument_group("attack parameters (defaults: the paper's)")
     for dest, (typ, text) in ATTACK_OPTIONS.items():
         flag = "--" + dest.replace("_", "-")
@@ -214,8 +222,8 @@ def _prepare(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     params = _resolve_params(args, spec.family)
     if args.bpda:
         params["grad_model"] = bpda(model)
-    atk = create(args.attack, model, eps=args.eps, seed=args.seed, batch_size=args.batch_size,
-                 **params)
+    atk = create(args.attack, model, eps=args.eps, seed=args.seed,
+                 batch_size=args.chunk or default_chunk(device), **params)
     return {"out": out, "src": src, "model": model, "dataset": dataset, "kind": kind, "x": x,
             "y": y, "atk": atk}
 
@@ -241,8 +249,9 @@ def _attack_shard(s: dict[str, Any], lo: int, hi: int, step: int, device: torch.
                 extra[k].append(getattr(atk, k).cpu())
     wall = time.perf_counter() - t0
     x_adv = torch.cat(parts) if parts else x.clone()
-    return {"x_adv": x_adv, "pred_clean": predict_labels(model, x, step, device),
-            "pred_adv": predict_labels(model, x_adv, step, device), "counts": counts,
+    c = atk.chunk  # float32 judgements, in the same fixed chunks (lo is a multiple)
+    return {"x_adv": x_adv, "pred_clean": predict_labels(model, x, c, device),
+            "pred_adv": predict_labels(model, x_adv, c, device), "counts": counts,
             "extra": {k: torch.cat(v) for k, v in extra.items() if v}, "wall": wall}
 
 
@@ -250,11 +259,12 @@ def _attack(args: argparse.Namespace, device: torch.device) -> int:
     s = distributed.everywhere(lambda: _prepare(args, device))
     out, x, y, atk, dataset = s["out"], s["x"], s["y"], s["atk"], s["dataset"]
     n, world = len(x), distributed.world_size()
-    # the unit of work is the chunk of --batch-size images (default: all of them, or one
-    # chunk per process under torchrun); each rank attacks a contiguous block of chunks
-    step = args.batch_size or -(-n // world)
-    c_lo, c_hi = distributed.shard_range(-(-n // step), distributed.rank(), world)
-    lo, hi = min(c_lo * step, n), min(c_hi * step, n)
+    # the unit of work is the attack's chunk, at fixed offsets: each rank attacks a
+    # contiguous block of chunks, --batch-size images per call
+    chunk = atk.chunk
+    step = args.batch_size or chunk
+    c_lo, c_hi = distributed.shard_range(-(-n // chunk), distributed.rank(), world)
+    lo, hi = min(c_lo * chunk, n), min(c_hi * chunk, n)
     mine = distributed.everywhere(lambda: _attack_shard(s, lo, hi, step, device, args.attack))
     idx = torch.arange(lo, hi)
     x_adv, pred_clean, pred_adv = (distributed.gather_tensors(mine[k], idx, n)
@@ -277,7 +287,8 @@ def _attack(args: argparse.Namespace, device: torch.device) -> int:
         "format": "luring-attack/1", "attack": args.attack, "class": type(atk).__name__,
         "params": atk.params(), "eps": args.eps, "n": n, "seed": args.seed,
         "dataset": dataset, "source": str(s["src"]), "source_kind": s["kind"],
-        "device": device.type, "bpda": bool(args.bpda),
+        "device": device.type, "bpda": bool(args.bpda), "chunk": atk.chunk,
+        "precision": atk.precision or "fp32",
         **counts,
         "success_rate": float(fooled.float().mean()),
         "success_rate_on_correct": float(fooled[correct].float().mean()) if correct.any()

@@ -60,9 +60,8 @@ def run(args: argparse.Namespace) -> int:
     out = check_out(args.out)
     device = resolve_device(args.device)
     cfg = preset("tiny" if args.tiny else "quick" if args.quick else "full")
-    if args.reps or args.threads:
-        cfg = dataclasses.replace(cfg, reps=args.reps or cfg.reps,
-                                  threads=args.threads or cfg.threads)
+    cfg = dataclasses.replace(cfg, reps=args.reps or cfg.reps,
+                              threads=args.threads or cfg.threads, precision=args.precision)
     result = run_benchmark(cfg, device=device, seed=args.seed, demo=args.demo)
     try:
         atomic_write_json(out, result)

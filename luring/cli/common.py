@@ -1,6 +1,7 @@
 """Shared CLI pieces: common options, option validators and the argument parser type.
 
-Every command gets ``--seed``, ``--device auto|cpu|cuda`` and (where it writes) ``--out``.
+Every command gets ``--seed``, ``--device auto|cpu|cuda``, ``--precision auto|fp32|bf16|fp16``
+and (where it writes) ``--out``.
 Validators raise :class:`argparse.ArgumentTypeError`, which the parser turns into a one-line
 error with exit code 2.
 """
@@ -8,6 +9,7 @@ error with exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 __all__ = ["add_common", "add_amp", "nonneg_int", "pos_int", "unit_float", "pos_float",
@@ -24,10 +26,16 @@ class LuringParser(argparse.ArgumentParser):
 
 def add_common(p: argparse.ArgumentParser, *, out: bool = True, out_help: str = "output directory",
                out_required: bool = True) -> None:
-    """Add ``--seed``, ``--device`` and optionally ``--out``."""
+    """Add ``--seed``, ``--device``, ``--precision`` and optionally ``--out``."""
     p.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to compute (default auto: CUDA when available)")
+    p.add_argument("--precision", default=os.environ.get("LURING_PRECISION") or "auto",
+                   choices=["auto", "fp32", "bf16", "fp16"],
+                   help="precision of gradient work (attacks, training): bf16/fp16 autocast "
+                        "with channels-last, fp32, or auto (default; $LURING_PRECISION): the "
+                        "fastest on this device when ≥ 1.3x float32's. Judgements "
+                        "(accuracy, AC, DAC, detection, selection) are always float32")
     if out:
         p.add_argument("--out", required=out_required, help=out_help)
 

@@ -9,6 +9,7 @@ import importlib
 import os
 import sys
 
+from luring import precision
 from luring.cli.common import LuringParser
 from luring.errors import LuringError
 
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        precision.set_default(getattr(args, "precision", None))
         code = args.handler(args)
     except LuringError as exc:
         if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0 only
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("luring: interrupted; finished units are kept, rerun to resume\n")
         return 130
+    finally:
+        precision.set_default(None)  # the option lives for one command
     return int(code or 0)
 
 

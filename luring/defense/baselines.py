@@ -39,7 +39,7 @@ def auto_plan(target: nn.Module, component: nn.Module):
     from luring.defense.train import _Plan
 
     def loss(xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return reconstruction_loss(component(xb), xb)
+        return reconstruction_loss(component(xb).float(), xb.float())
 
     return _Plan(list(component.parameters()), [component], loss, Stacked(component, target))
 

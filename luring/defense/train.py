@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from luring import distributed
+from luring import precision as prec
 from luring.data.lazy import subset
 from luring.defense import parallel as pmod
 from luring.defense.loss import luring_loss, reconstruction_loss, soft_cross_entropy
@@ -165,10 +166,10 @@ def _luring_plan(target: nn.Module, component: nn.Module, m_logits: torch.Tensor
         lam_f = float(lam)  # type: ignore[arg-type]
 
         def loss(xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return luring_loss(t(xb), m_logits[idx], lam_f, cap=cap, margin=margin)
+            return luring_loss(t(xb).float(), m_logits[idx], lam_f, cap=cap, margin=margin)
     else:
         def loss(xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return soft_cross_entropy(t(xb), m_logits[idx])
+            return soft_cross_entropy(t(xb).float(), m_logits[idx])
 
     return _Plan(list(component.parameters()), [component], loss, t)
 
@@ -178,7 +179,8 @@ def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "lur
                   labels: torch.Tensor | None = None, component_arch: str | None = None,
                   head_arch: str | None = None, head_kwargs: dict[str, Any] | None = None,
                   seed: int = 0, device: str | torch.device = "cpu",
-                  desc: str | None = None, parallel: bool = False) -> TrainedDefense:
+                  desc: str | None = None, parallel: bool = False,
+                  precision: str | None = None) -> TrainedDefense:
     """Train the defense component P for the frozen target M (Algorithm 1 for ``luring``).
 
     ``target``: M, returns (N, K) logits; it is moved to ``device``, kept in eval mode with
@@ -194,8 +196,11 @@ def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "lur
     Every random choice derives from ``seed``. ``parallel=True`` (every rank of a torchrun
     process group calls this together; :mod:`luring.defense.parallel`): each rank computes
     the loss of its slice of every batch, the trained modules' gradients are averaged by
-    DistributedDataParallel, and every rank returns the same P. Returns a
-    :class:`TrainedDefense`.
+    DistributedDataParallel, and every rank returns the same P. ``precision``
+    (:mod:`luring.precision`; default the process default): the optimisation steps run under
+    autocast in that type with channels-last weights; M's logits, the held-out agreement and
+    the checkpoint selection are float32. Returns a :class:`TrainedDefense` (its
+    ``settings["precision"]`` says what trained it).
     """
     from luring.defense.baselines import auto_plan, stack_plan
 
@@ -249,10 +254,13 @@ def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "lur
                 plan = stack_plan(component, labels, head_arch, head_kwargs or {}, c_in,
                                   int(m_val.shape[1]) if n_val else None, s["init"], gen, dev)
             world = distributed.world_size() if parallel else 1
-            net = pmod.wrap(plan.modules, plan.loss, dev, s["batch_size"], seed) \
-                if world > 1 else None
-            history, selection = _loop(plan, component, images, train_idx, val_idx, m_val,
-                                       s, gen, dev, desc or f"train {method}", net)
+            p = prec.resolve(precision, plan.augmented, dev, tuple(images.shape[1:]))
+            s["precision"] = p
+            with prec.training_format(p, *plan.modules, target):
+                net = pmod.wrap(plan.modules, plan.loss, dev, s["batch_size"], seed) \
+                    if world > 1 else None
+                history, selection = _loop(plan, component, images, train_idx, val_idx,
+                                           m_val, s, gen, dev, desc or f"train {method}", net)
             if net is not None:  # every rank returns rank 0's choice
                 pmod.broadcast_state(plan.modules)
                 history, selection = pmod.broadcast_object((history, selection))
@@ -316,6 +324,12 @@ def _evaluate(plan: _Plan, component: nn.Module, x_val: torch.Tensor, m_val: tor
             "val_reconstruction": rec / len(x_val)}
 
 
+def _fmt(x: torch.Tensor, precision: str) -> torch.Tensor:
+    """A batch in the memory format its precision trains in (channels-last below fp32)."""
+    return x.contiguous(memory_format=torch.channels_last) \
+        if precision != "fp32" and x.dim() == 4 else x
+
+
 def _averaged_tensors(plan: _Plan) -> list[torch.Tensor]:
     """What weight averaging averages: the trained parameters and the floating-point buffers
     (batch-norm running means and variances) of the trained modules, so that the averaged
@@ -351,6 +365,7 @@ def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: to
     ``net``: the DistributedDataParallel wrapper of :func:`luring.defense.parallel.wrap`
     when several processes train together (None: one process)."""
     batches = ImageBatches(images, train_idx, s["batch_size"], gen, dev, s.get("augment"))
+    p = s.get("precision", "fp32")
     spe = len(batches)
     total, frac = budget(s, spe)
     eff = spe * frac  # optimisation steps per nominal epoch of the schedule
@@ -379,12 +394,13 @@ def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: to
                 for group in opt.param_groups:
                     group["lr"] = lr
                 opt.zero_grad(set_to_none=True)
-                if net is None:
-                    loss = plan.loss(xb, idx)
-                else:  # this rank's slice, weighted so the averaged gradient is the batch's
-                    xs, ids, weight = pmod.rank_slice(xb, idx)
-                    loss = net(xs, ids) * weight
-                loss.backward()
+                with prec.autocast(p, dev):
+                    if net is None:
+                        loss = plan.loss(_fmt(xb, p), idx)
+                    else:  # this rank's slice, weighted so the averaged gradient is the batch's
+                        xs, ids, weight = pmod.rank_slice(xb, idx)
+                        loss = net(_fmt(xs, p), ids) * weight
+                loss.float().backward()
                 opt.step()
                 step += 1
                 if shadow is not None:

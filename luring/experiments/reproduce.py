@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from luring import precision as prec
+from luring.attacks.base import default_chunk
 from luring.data import get_spec, load
 from luring.errors import LuringError
 from luring.experiments import shards
@@ -49,7 +51,8 @@ from luring.experiments.profiles import (
 )
 from luring.experiments.store import RunDir
 from luring.metrics import agreement, clean_accuracy, false_alarm_rate, rate
-from luring.utils import atomic_write_json, fingerprint, resolve_device, versions
+from luring.models import build, default_architectures
+from luring.utils import atomic_write_json, fingerprint, read_json, resolve_device, versions
 
 __all__ = ["reproduce", "EXPERIMENTS"]
 
@@ -58,13 +61,18 @@ __all__ = ["reproduce", "EXPERIMENTS"]
 def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: int = 0,
               seeds: int = 1, device: str = "auto", data_dir: str | None = None,
               experiments: tuple[str, ...] = EXPERIMENTS, target_dir: str | None = None,
-              restart: bool = False, log=print) -> dict[str, Any]:
+              restart: bool = False, log=print, precision: str | None = None
+              ) -> dict[str, Any]:
     """Run the paper's protocol on ``dataset`` into ``out`` and return the results dict.
 
     ``seeds`` > 1 trains each P with seeds ``seed, seed+1, ...`` and reports, per row, the
     value pooled over every seed's examples (with its interval), the mean and sample std over
     seeds and the per-seed values. ``target_dir`` reuses a trained M (a ``train-target``
-    directory) instead of training one. ``restart`` clears ``out`` first.
+    directory) instead of training one. ``restart`` clears ``out`` first. ``precision``
+    (:mod:`luring.precision`; default the process default): gradient work of every model
+    and attack of the run; ``auto`` is resolved once, on the family's target architecture
+    (a resumed run keeps the precision its ``config.json`` recorded), and the concrete choice
+    and the attacks' chunk size are part of the run's identity.
     """
     unknown = set(experiments) - set(EXPERIMENTS) - set(EXTRA_EXPERIMENTS)
     if unknown:
@@ -89,9 +97,63 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
         from luring.models import load_checkpoint
 
         user_target = fingerprint(load_checkpoint(target_dir, "model", device="cpu")[0])
+    p = run_precision(precision, None if restart else Path(out), dev, spec)
     identity = {"dataset": dataset, "data": fps, "profile": profile, "settings": settings,
                 "seed": seed, "seeds": seed_list,
-                "target": user_target or "trained in models/target"}
+                "target": user_target or "trained in models/target",
+                "precision": p, "chunk": default_chunk(dev)}
+    before = prec.requested(None)
+    prec.set_default(p)
+    try:
+        return _run(out, restart, identity, dataset, spec, profile, seed, seed_list,
+                    experiments, settings, dev, data_dir, target_dir, x_train, y_train,
+                    x_test, y_test, fps, log, started)
+    finally:
+        prec.set_default(before)
+
+
+def run_precision(precision: str | None, out: Path | None, dev: torch.device,
+                  spec: Any) -> str:
+    """The concrete precision of a run: ``precision`` (default the process default);
+    ``auto`` takes what ``out``'s config.json recorded, else times the family's target
+    architecture on ``dev`` (:func:`luring.precision.resolve`)."""
+    want = prec.requested(precision)
+    if want != "auto":
+        return prec.resolve(want, None, dev)
+    cfg = out / "config.json" if out is not None else None
+    if cfg is not None and cfg.is_file():
+        try:
+            recorded = read_json(cfg).get("identity", {}).get("precision")
+        except (LuringError, OSError, AttributeError):
+            recorded = None
+        if recorded in ("fp32", "bf16", "fp16"):
+            try:
+                return prec.resolve(recorded, None, dev)
+            except LuringError:
+                pass
+    arch = default_architectures(spec.family, tuple(spec.shape))[0]
+    try:
+        model = build(arch, in_channels=spec.shape[0], num_classes=spec.num_classes).to(dev)
+    except (LuringError, TypeError, ValueError):
+        return "fp32"
+    return prec.resolve("auto", model, dev, tuple(spec.shape))
+
+
+def precision_lines(precision: str) -> list[str]:
+    """The departure a lower precision makes (none for float32)."""
+    if precision == "fp32":
+        return []
+    return [f"gradients computed in {prec.describe(precision)} (`--precision {precision}`): "
+            "the attacks' input gradients and the training steps of M, P, Stack's head, the "
+            "substitute and the Trapdoor model; every judgement (accuracy, agreement, AC_MoP, "
+            "AC_M, DAC, detection, checkpoint selection) is float32 on the real models (the "
+            "paper: float32 throughout)"]
+
+
+def _run(out, restart, identity, dataset, spec, profile, seed, seed_list, experiments,
+         settings, dev, data_dir, target_dir, x_train, y_train, x_test, y_test, fps, log,
+         started) -> dict[str, Any]:
+    """The body of :func:`reproduce` once the run's identity is known."""
     rank, world = shards.rank_world()
     train_split = [x_train, y_train]  # P's training images: dropped once the models exist
     del x_train, y_train
@@ -120,6 +182,7 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
         ctx = _Context(run, target, defenses, settings, seed, seed_list, x_test, y_test, dev,
                        fps, log)
         ctx.dataset, ctx.profile = dataset, profile
+        ctx.precision = identity["precision"]
         ctx.data_dir = data_dir
         if world > 1:
             # each process runs the units of its share of (approach, seed) pairs; rank 0 then
@@ -191,7 +254,9 @@ def _experiments(ctx: _Context, defenses: dict, experiments: tuple[str, ...], *,
         results = {
             "dataset": ctx.dataset, "family": settings["family"], "profile": ctx.profile,
             "seed": seed, "seeds": seed_list, "settings": settings,
-            "differences_from_paper": differences_from_paper(settings, ctx.dataset),
+            "differences_from_paper": differences_from_paper(settings, ctx.dataset)
+            + precision_lines(ctx.precision),
+            "precision": ctx.precision, "chunk": default_chunk(ctx.dev),
             "clean": _clean(target, defenses, x_test, y_test), "rows": [],
             "fingerprints": {"data": ctx.fps, "models": ctx.model_fps},
             "versions": versions(),

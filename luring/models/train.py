@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from luring import distributed
+from luring import precision as prec
 from luring.errors import LuringError
 from luring.models.architectures import build, default_architectures
 from luring.models.augment import random_affine
@@ -133,7 +134,7 @@ def pgd_linf_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = F.cross_entropy(model(x_adv), y)
-        (grad,) = torch.autograd.grad(loss, x_adv)
+        (grad,) = torch.autograd.grad(loss.float(), x_adv)
         with torch.no_grad():
             x_adv = x_adv + step_size * grad.sign()
             x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
@@ -153,7 +154,7 @@ def train_target(x_train: torch.Tensor, y_train: torch.Tensor, settings: TargetS
                  num_classes: int = 10, seed: int = 0, device: str | torch.device = "cpu",
                  x_test: torch.Tensor | None = None, y_test: torch.Tensor | None = None,
                  on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-                 amp: str = "off", parallel: bool = False,
+                 amp: str = "off", parallel: bool = False, precision: str | None = None,
                  ) -> tuple[nn.Module, dict[str, Any]]:
     """Train a target M from scratch with cross-entropy and Adam.
 
@@ -161,7 +162,11 @@ def train_target(x_train: torch.Tensor, y_train: torch.Tensor, settings: TargetS
     mode, info)`` where ``info`` holds ``history`` (per-epoch loss, train accuracy and, when a
     test set is given, test accuracy), ``test_accuracy`` and ``seconds``. ``amp``: ``off``
     (float32), ``bf16`` or ``fp16`` (CUDA, with a GradScaler) autocast of the training steps
-    (adversarial examples and evaluation stay float32).
+    (adversarial examples and evaluation stay float32). ``precision``
+    (:mod:`luring.precision`, default the process default; used when ``amp`` is ``off``):
+    ``bf16``/``fp16`` autocast of the training steps and of adversarial training's PGD, with
+    channels-last weights; ``info["precision"]`` records what trained M. The final test
+    accuracy is float32 on the contiguous model.
 
     ``parallel=True`` (every rank of a torchrun process group calls this together;
     :mod:`luring.distributed`): M is wrapped in DistributedDataParallel, every rank draws
@@ -181,7 +186,29 @@ def train_target(x_train: torch.Tensor, y_train: torch.Tensor, settings: TargetS
     model = build(settings.architecture, in_channels=x_train.shape[1], num_classes=num_classes,
                   **arch_kwargs).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lrs[0])
+    if amp == "off":
+        p = prec.resolve(precision, model, dev, tuple(x_train.shape[1:]))
+        amp = {"fp32": "off"}.get(p, p)
+    p = {"off": "fp32"}.get(amp, amp)
     autocast, scaler = _amp(amp, dev)
+    with prec.training_format(p, model):
+        model, info = _train_loop(model, opt, autocast, scaler, x_train, y_train, settings,
+                                  seed, dev, x_test, y_test, on_epoch, parallel, p)
+    info["precision"] = p
+    if x_test is not None and y_test is not None:
+        world, rank = (distributed.world_size(), distributed.rank()) if parallel else (1, 0)
+        info["test_accuracy"] = _accuracy(model, x_test, y_test, world, rank)
+    return model, info
+
+
+def _train_loop(model: nn.Module, opt: torch.optim.Optimizer, autocast: Callable[[], Any],
+                scaler: Any, x_train: torch.Tensor, y_train: torch.Tensor,
+                settings: TargetSettings, seed: int, dev: torch.device,
+                x_test: torch.Tensor | None, y_test: torch.Tensor | None,
+                on_epoch: Callable[[int, dict[str, float]], None] | None, parallel: bool,
+                precision: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The epochs of :func:`train_target` (its arguments; ``precision`` the resolved one)."""
+    arch_kwargs = {"dropout": settings.dropout} if settings.dropout else {}
     world, rank = (distributed.world_size(), distributed.rank()) if parallel else (1, 0)
     net = _parallel(model, dev, seed, settings.batch_size, world, rank)
     gen = make_generator(seed, "cpu")  # the same on every rank: permutations, augmentation
@@ -218,10 +245,14 @@ def train_target(x_train: torch.Tensor, y_train: torch.Tensor, settings: TargetS
                     xb, yb, weight = xb[lo:hi], yb[lo:hi], world / len(idx)
                 else:  # fewer images than ranks: step on the whole batch, with weight 0
                     weight = 0.0
+            if precision != "fp32":
+                xb = xb.contiguous(memory_format=torch.channels_last)
             if settings.adv_train:
                 model.eval()
-                xb = pgd_linf_train(model, xb, yb, settings.adv_eps * scale,
-                                    settings.adv_steps, settings.adv_step_size * scale, adv_gen)
+                with autocast():
+                    xb = pgd_linf_train(model, xb, yb, settings.adv_eps * scale,
+                                        settings.adv_steps, settings.adv_step_size * scale,
+                                        adv_gen)
                 model.train()
             with autocast():
                 logits = net(xb)
@@ -253,19 +284,18 @@ def train_target(x_train: torch.Tensor, y_train: torch.Tensor, settings: TargetS
     model.eval()
     info: dict[str, Any] = {"history": history, "seconds": time.perf_counter() - start,
                             "arch_kwargs": arch_kwargs}
-    if x_test is not None and y_test is not None:
-        info["test_accuracy"] = history[-1]["test_accuracy"] if history else \
-            _accuracy(model, x_test, y_test, world, rank)
     return model, info
 
 
 def train_target_run(dataset: str, out: str | os.PathLike, settings: TargetSettings, *,
                      seed: int = 0, device: str | torch.device = "cpu",
                      data_dir: str | os.PathLike | None = None, amp: str = "off",
-                     parallel: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+                     parallel: bool = False, precision: str | None = None
+                     ) -> tuple[nn.Module, dict[str, Any]]:
     """Train M on ``dataset`` and write a target run directory ``out``: ``model.safetensors``
     + ``model.json`` (written last: its presence marks a finished model), ``config.json``
-    (with ``amp`` and the number of ``processes``), ``results.json`` and ``report.md``.
+    (with ``amp``, the resolved ``precision`` and the number of ``processes``),
+    ``results.json`` and ``report.md``.
     Returns ``(model, info)``. ``parallel=True``: every rank of torchrun's process group
     calls this together, trains its share (:func:`train_target`), and rank 0 alone writes."""
     from luring.data import get_spec, load
@@ -278,10 +308,11 @@ def train_target_run(dataset: str, out: str | os.PathLike, settings: TargetSetti
     x_te, y_te = load(dataset, "test", data_dir)
     model, info = train_target(x_tr, y_tr, settings, num_classes=spec.num_classes, seed=seed,
                                device=device, x_test=x_te, y_test=y_te, amp=amp,
-                               parallel=parallel)
+                               parallel=parallel, precision=precision)
     config = {"command": "train-target", "dataset": dataset, "seed": seed,
               "device": str(device), "settings": settings.to_dict(),
               "n_train": len(x_tr), "n_test": len(x_te), "amp": amp,
+              "precision": info["precision"],
               "processes": distributed.world_size() if parallel else 1}
     acc = info["test_accuracy"]
     info["n_test"] = len(x_te)
