@@ -13,9 +13,13 @@ defend experiment's test images, each a check that passes or is flagged:
 * ``gradient_free``: SPSA's AC_MoP at the middle ε against the gradient attack's; flagged
   when the gradient-free attack fools T more often.
 
-Verdict: per ε and attack, Luring against the best other approach (highest DAC) on the same
-images: McNemar's exact test on the per-example DAC outcomes and Newcombe's interval of the
-difference; "holds" only when Luring's DAC is higher and p < 0.05.
+Verdict: per ε and attack, Luring against every other approach on the same images, on DAC
+and on AC_M: McNemar's exact test on the per-example outcomes and Newcombe's interval of the
+difference, stated as "higher", "no difference" or "lower" (p < 0.05, two-sided). A comparison
+where the attack failed on T (AC_MoP above :data:`ATTACK_FAILED_AC_MOP` for Luring or for the
+other approach) is marked ``excluded``: there AC_M measures attack failure, not luring. The
+row's older fields compare Luring with the best other approach (highest DAC) only; "holds"
+when Luring's DAC is higher and p < 0.05.
 """
 
 from __future__ import annotations
@@ -31,10 +35,14 @@ from luring.metrics import input_saliency
 from luring.models import predict_labels
 from luring.utils import progress
 
-__all__ = ["run_diagnostics", "paired_verdict", "ALPHA"]
+__all__ = ["run_diagnostics", "paired_verdict", "ALPHA", "ATTACK_FAILED_AC_MOP"]
 
 #: Significance level of the verdict.
 ALPHA = 0.05
+#: AC_MoP above which an attack is said to have failed on T (it left T right on more than
+#: this share of the images); the report marks such cells with the same limit
+#: (``luring.report.tables.ATTACK_FAILED_AC_MOP``).
+ATTACK_FAILED_AC_MOP = 0.1
 
 
 def _mim(model, x, y, eps, steps, cfg, seed):
@@ -128,16 +136,47 @@ def run_diagnostics(run: RunDir, target: torch.nn.Module, defenses: dict[str, di
     return out
 
 
+def _direction(p_value: float | None, difference: float | None) -> str | None:
+    """"higher", "lower" (Luring's rate against the other's, p < :data:`ALPHA`), "no
+    difference", or None without pairs."""
+    if p_value is None or difference is None:
+        return None
+    if p_value < ALPHA and difference != 0:
+        return "higher" if difference > 0 else "lower"
+    return "no difference"
+
+
+def _compare(lur: torch.Tensor | None, other: torch.Tensor | None) -> dict[str, Any] | None:
+    """McNemar + Newcombe of Luring's per-example booleans against another approach's, as a
+    JSON-able dict ``{"luring", "other", "difference", "ci", "p_value", "n", "discordant",
+    "direction"}`` (None when either side is missing)."""
+    from luring.metrics import mcnemar
+
+    if lur is None or other is None:
+        return None
+    c = mcnemar(lur, other)
+    return {"luring": c.rate_a, "other": c.rate_b, "difference": c.difference,
+            "ci": [c.ci_low, c.ci_high], "p_value": c.p_value, "n": c.n,
+            "discordant": [c.only_a, c.only_b],
+            "direction": _direction(c.p_value, c.difference)}
+
+
 def paired_verdict(outcomes: dict[tuple, dict[str, torch.Tensor]], attacks: list[str],
                    eps_values: list[float], approaches: list[str], seeds: list[int]
                    ) -> list[dict[str, Any]]:
-    """Per attack and ε: Luring's DAC against the best other approach's on the same images
-    (per-example outcomes pooled over seeds), with McNemar's exact p-value and the 95%
-    interval of the difference. ``outcomes[(seed, approach, attack, ε)]["defended"]`` are
-    (N,) booleans. Returns rows ``{"attack", "eps", "other", "luring_dac", "other_dac",
-    "difference", "ci", "p_value", "n", "holds"}``."""
-    from luring.metrics import mcnemar
+    """Per attack and ε: Luring against every other approach on the same images (per-example
+    outcomes pooled over seeds), on DAC (``"defended"``) and AC_M (``"m_ok"``), with McNemar's
+    exact p-value and Newcombe's 95% interval of the difference.
+    ``outcomes[(seed, approach, attack, ε)]`` holds (N,) booleans ``"defended"`` and, when
+    known, ``"m_ok"`` and ``"t_ok"``.
 
+    Returns one row per attack and ε: ``{"attack", "eps", "other", "luring_dac",
+    "other_dac", "difference", "ci", "p_value", "n", "holds", "discordant"}`` against the
+    best other approach (highest DAC), and ``"comparisons"``: per other approach ``{"other",
+    "best", "excluded", "dac", "ac_m"}`` (each of the last two from :func:`_compare`, its
+    ``"direction"`` "higher" / "no difference" / "lower"); ``"ac_mop"``: AC_MoP per approach;
+    ``"ac_mop_limit"``: :data:`ATTACK_FAILED_AC_MOP`; ``"attack_failed"``: the approaches
+    whose AC_MoP exceeds it (a comparison with one of them is ``excluded``)."""
     rows = []
     others = [a for a in approaches if a != "luring"]
     if "luring" not in approaches or not others:
@@ -147,18 +186,33 @@ def paired_verdict(outcomes: dict[tuple, dict[str, torch.Tensor]], attacks: list
             if not all((s, a, attack, e) in outcomes for s in seeds for a in approaches):
                 continue
 
-            def pooled(a: str, attack: str = attack, e: float = e) -> torch.Tensor:
-                return torch.cat([outcomes[(s, a, attack, e)]["defended"].bool()
-                                  for s in seeds])
+            def pooled(a: str, key: str = "defended", attack: str = attack, e: float = e
+                       ) -> torch.Tensor | None:
+                parts = [outcomes[(s, a, attack, e)].get(key) for s in seeds]
+                if any(p is None for p in parts):
+                    return None
+                return torch.cat([p.bool().reshape(-1).cpu() for p in parts])
 
+            def share(v: torch.Tensor | None) -> float | None:
+                return float(v.float().mean()) if v is not None and v.numel() else None
+
+            ac_mop = {a: share(pooled(a, "t_ok")) for a in approaches}
+            failed = [a for a in approaches
+                      if ac_mop[a] is not None and ac_mop[a] > ATTACK_FAILED_AC_MOP]
             lur = pooled("luring")
-            best = max(others, key=lambda a: (pooled(a).float().mean().item(), a))
-            cmp = mcnemar(lur, pooled(best))
-            holds = (cmp.p_value is not None and cmp.p_value < ALPHA
-                     and cmp.difference is not None and cmp.difference > 0)
+            best = max(others, key=lambda a: (share(pooled(a)) or 0.0, a))
+            comparisons = [{"other": a, "best": a == best,
+                            "excluded": "luring" in failed or a in failed,
+                            "dac": _compare(lur, pooled(a)),
+                            "ac_m": _compare(pooled("luring", "m_ok"), pooled(a, "m_ok"))}
+                           for a in others]
+            cmp = next(c["dac"] for c in comparisons if c["best"])
+            holds = cmp["direction"] == "higher"
             rows.append({"attack": attack, "eps": e, "other": best,
-                         "luring_dac": cmp.rate_a, "other_dac": cmp.rate_b,
-                         "difference": cmp.difference, "ci": [cmp.ci_low, cmp.ci_high],
-                         "p_value": cmp.p_value, "n": cmp.n, "holds": bool(holds),
-                         "discordant": [cmp.only_a, cmp.only_b]})
+                         "luring_dac": cmp["luring"], "other_dac": cmp["other"],
+                         "difference": cmp["difference"], "ci": cmp["ci"],
+                         "p_value": cmp["p_value"], "n": cmp["n"], "holds": bool(holds),
+                         "discordant": cmp["discordant"], "comparisons": comparisons,
+                         "ac_mop": ac_mop, "ac_mop_limit": ATTACK_FAILED_AC_MOP,
+                         "attack_failed": failed})
     return rows

@@ -10,9 +10,12 @@ from luring.report.tables import (
     DASH,
     NAMES,
     _ci,
+    _mop_cell,
     _ns,
     approaches_in,
+    attack_failed,
     eps_values,
+    failure_note,
     find_row,
     fmt,
     fmt_std,
@@ -20,11 +23,12 @@ from luring.report.tables import (
     rows_of,
 )
 
-__all__ = ["adaptive_table", "diagnostics_table", "verdict_table", "operating_point_table",
-           "ADAPTIVE_ATTACKS"]
+__all__ = ["adaptive_table", "diagnostics_table", "operating_point_table", "ADAPTIVE_ATTACKS",
+           "ATTACK_NAMES"]
 
 ADAPTIVE_ATTACKS = ("adaptive-w", "adaptive-worst", "substitute")
-_NAMES = NAMES | {"adaptive-w": "adaptive (best setting)",
+#: Display names of every attack, the adaptive ones included.
+ATTACK_NAMES = _NAMES = NAMES | {"adaptive-w": "adaptive (best setting)",
                   "adaptive-worst": "adaptive (per-example worst case)",
                   "substitute": "substitute model (queries only)"}
 _KEYS = ("ac_mop", "ac_m", "dac", "ac_m_given_fooled")
@@ -35,7 +39,8 @@ def adaptive_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
     approach. Returns (CSV header, CSV rows, Markdown)."""
     all_rows = rows_of(results, "adaptive")
     header = ["attack", "eps", "approach", "n", *_KEYS,
-              *[f"{k}_ci_{s}" for k in _KEYS for s in ("low", "high")], "setting", "queries"]
+              *[f"{k}_ci_{s}" for k in _KEYS for s in ("low", "high")], "setting", "queries",
+              "attack_failed"]
     csv_rows: list[list[Any]] = []
     md = []
     for attack in ADAPTIVE_ATTACKS:
@@ -53,7 +58,7 @@ def adaptive_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
                                  *[r.get(k) for k in _KEYS],
                                  *[v for k in _KEYS for v in _ci(r, k)],
                                  json.dumps(setting, sort_keys=True) if setting else None,
-                                 r.get("queries")])
+                                 r.get("queries"), attack_failed(r)])
         mh = ["ε", "n"] + [f"{NAMES.get(a, a)} {m}" for a in apps
                            for m in ("AC_MoP", "AC_M", "DAC", "AC_M|fooled")]
         md_rows = []
@@ -62,11 +67,14 @@ def adaptive_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
             line = [fmt(e), _ns(cells)]
             for c in cells:
                 std = (c or {}).get("std") or {}
-                line += [fmt_std((c or {}).get(k), std.get(k)) for k in _KEYS]
+                line += [_mop_cell(c)] + [fmt_std((c or {}).get(k), std.get(k))
+                                          for k in _KEYS[1:]]
             md_rows.append(line)
         q = sorted({r.get("queries") for r in rows if r.get("queries") is not None})
         extra = f" Queries to T per substitute: {', '.join(map(str, q))}." if q else ""
-        md.append(f"**{_NAMES[attack]}**{extra}\n\n" + md_table(mh, md_rows))
+        note = failure_note(rows)
+        md.append(f"**{_NAMES[attack]}**{extra}\n\n" + md_table(mh, md_rows)
+                  + (f"\n{note}\n" if note else ""))
     return header, csv_rows, "\n\n".join(md)
 
 
@@ -102,30 +110,6 @@ def diagnostics_table(results: dict) -> str:
             "plain-attack numbers measure attack failure as much as the defense.\n\n"
             + md_table(["approach", "seed", "input gradient", "AC_MoP vs steps",
                         "AC_MoP at ε = 1", "SPSA vs MIM", "flagged"], md_rows))
-
-
-def verdict_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
-    """The paired verdict rows as (CSV header, CSV rows, Markdown)."""
-    rows = [r for r in results.get("verdict") or [] if isinstance(r, dict)]
-    header = ["attack", "eps", "other", "n", "luring_dac", "other_dac", "difference",
-              "ci_low", "ci_high", "p_value", "holds"]
-    csv_rows, md_rows = [], []
-    for r in rows:
-        ci = r.get("ci") or [None, None]
-        csv_rows.append([r.get("attack"), r.get("eps"), r.get("other"), r.get("n"),
-                         r.get("luring_dac"), r.get("other_dac"), r.get("difference"),
-                         ci[0], ci[1], r.get("p_value"), r.get("holds")])
-        p = r.get("p_value")
-        md_rows.append([_NAMES.get(r.get("attack"), r.get("attack")), fmt(r.get("eps")),
-                        NAMES.get(r.get("other"), r.get("other")), r.get("n", DASH),
-                        fmt(r.get("luring_dac")), fmt(r.get("other_dac")),
-                        f"{fmt(r.get('difference'))} [{fmt(ci[0])}, {fmt(ci[1])}]",
-                        DASH if p is None else f"{p:.3g}",
-                        "**holds**" if r.get("holds") else "does not hold"])
-    md = md_table(["attack", "ε", "best other (by DAC)", "n", "Luring DAC", "other DAC",
-                   "difference [95% CI]", "McNemar p", "luring effect"], md_rows) \
-        if md_rows else ""
-    return header, csv_rows, md
 
 
 def operating_point_table(results: dict) -> str:

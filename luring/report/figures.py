@@ -1,4 +1,4 @@
-"""Figures of the report (figure 2, figure 3) as PNG bytes.
+"""Figures of the report (figure 2, figure 3, ROC curves, the trade-off) as PNG bytes.
 
 Drawn with matplotlib's Agg canvas directly (``matplotlib.figure.Figure`` +
 ``FigureCanvasAgg``): no pyplot, no global backend switch, no display needed. Each function
@@ -18,12 +18,19 @@ from luring.report.tables import (
     APPROACHES,
     NAMES,
     approaches_in,
+    as_float,
     attacks_in,
+    eps_values,
+    find_row,
     rows_of,
 )
+from luring.utils import wilson_interval
 
 __all__ = ["COLOURS", "figure2_png", "figure3_l0_png", "figure3_saliency_png", "load_saliency",
-           "roc_png"]
+           "roc_png", "tradeoff_points", "tradeoff_png", "TRADEOFF_ATTACK"]
+
+#: The attack of the trade-off figure's y axis.
+TRADEOFF_ATTACK = "adaptive-worst"
 
 #: One colour per approach / model, fixed so that every figure agrees.
 COLOURS = {"target": "#444444", "stack": "#1f77b4", "auto": "#2ca02c", "ce": "#ff7f0e",
@@ -230,5 +237,109 @@ def roc_png(curves: dict[str, Any], title: str) -> bytes | None:
     ax.set_ylabel("detection rate (adversarial examples)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _interval(ci: Any) -> tuple[float | None, float | None]:
+    ok = isinstance(ci, (list, tuple)) and len(ci) == 2
+    return (as_float(ci[0]), as_float(ci[1])) if ok else (None, None)
+
+
+def _per_seed_dac(row: dict) -> list[tuple[Any, float | None, tuple]]:
+    """``[(seed, DAC, (low, high))]`` of an adaptive row: each seed's value with the Wilson
+    interval of its k / n, or the pooled value (seed None) with one seed."""
+    per = (row.get("per_seed") or {}).get("dac")
+    if per:
+        return [(p.get("seed"), as_float(p.get("value")),
+                 wilson_interval(p["k"], p["n"]) if p.get("k") is not None and p.get("n")
+                 else (None, None)) for p in per]
+    return [(None, as_float(row.get("dac")), _interval((row.get("ci") or {}).get("dac")))]
+
+
+def _per_seed_agreement(clean: dict, seeds: list) -> list[tuple[Any, float | None, tuple]]:
+    """``[(seed, agreement, (low, high))]`` of a clean-table entry: each seed's value (its
+    interval from n = the test images per seed), or the pooled one (seed None)."""
+    per = (clean.get("per_seed") or {}).get("agreement")
+    n = clean.get("n")
+    if per and len(per) == len(seeds) and isinstance(n, int) and n > 0:
+        out = []
+        for s, v in zip(seeds, per, strict=True):
+            v = as_float(v)
+            ci = wilson_interval(round(v * n), n) if v is not None else (None, None)
+            out.append((s, v, ci))
+        return out
+    return [(None, as_float(clean.get("agreement")),
+             _interval((clean.get("ci") or {}).get("agreement")))]
+
+
+def tradeoff_points(results: dict) -> tuple[float | None, list[dict[str, Any]]]:
+    """The trade-off figure's data: the middle ε of the adaptive worst-case rows and one point
+    per approach and seed ``{"approach", "seed", "x", "x_ci", "y", "y_ci"}``: x the clean
+    agreement with M (T = M = y, ``results["clean"]``), y the DAC under the adaptive worst case
+    at that ε, each with its 95% interval (None where unknown). Seeds are paired when both
+    sides have one value per seed, else the pooled values make one point (seed None).
+    ``(None, [])`` without adaptive worst-case rows."""
+    rows = rows_of(results, "adaptive", TRADEOFF_ATTACK)
+    eps = [e for e in eps_values(rows) if e is not None]
+    if not eps:
+        return None, []
+    mid = eps[len(eps) // 2]
+    clean = results.get("clean") if isinstance(results.get("clean"), dict) else {}
+    seeds = list(results.get("seeds") or [results.get("seed")])
+    points = []
+    for a in approaches_in(rows):
+        row, c = find_row(rows, a, mid), clean.get(a)
+        if row is None or not isinstance(c, dict):
+            continue
+        ys, xs = _per_seed_dac(row), _per_seed_agreement(c, seeds)
+        if len(ys) != len(xs):   # not one value per seed on both sides: the pooled ones
+            ys = [(None, as_float(row.get("dac")), _interval((row.get("ci") or {}).get("dac")))]
+            xs = [(None, as_float(c.get("agreement")),
+                   _interval((c.get("ci") or {}).get("agreement")))]
+        for (s, y, y_ci), (_, x, x_ci) in zip(ys, xs, strict=True):
+            if x is not None and y is not None:
+                points.append({"approach": a, "seed": s, "x": x, "x_ci": x_ci, "y": y,
+                               "y_ci": y_ci})
+    return mid, points
+
+
+def _err(v: float, ci: tuple) -> list[float]:
+    lo, hi = ci
+    return [max(v - lo, 0.0) if lo is not None else 0.0,
+            max(hi - v, 0.0) if hi is not None else 0.0]
+
+
+def tradeoff_png(results: dict) -> bytes | None:
+    """The trade-off: clean agreement with M (x) against DAC under the adaptive worst case at
+    the middle ε (y), one labelled point per approach and seed with 95% interval bars in both
+    directions (:func:`tradeoff_points`). None without adaptive worst-case rows or clean
+    agreement."""
+    mid, points = tradeoff_points(results)
+    if not points:
+        return None
+    many = len({p["seed"] for p in points}) > 1
+    order = approaches_in(points)
+    fig = _new_figure(5.6, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    seen: set[str] = set()
+    for i, p in enumerate(points):
+        a = p["approach"]
+        col = _colour(a, order.index(a))
+        xe, ye = _err(p["x"], p["x_ci"]), _err(p["y"], p["y_ci"])
+        ax.errorbar([p["x"]], [p["y"]], xerr=[[xe[0]], [xe[1]]], yerr=[[ye[0]], [ye[1]]],
+                    fmt="o", color=col, ms=5, capsize=3, lw=1,
+                    label=None if a in seen else NAMES.get(a, a))
+        seen.add(a)
+        label = NAMES.get(a, a) + (f" s{p['seed']}" if many and p["seed"] is not None else "")
+        ax.annotate(label, (p["x"], p["y"]), textcoords="offset points",
+                    xytext=(5, 5 if i % 2 == 0 else -11),
+                    fontsize=7, color=col)
+    ax.set_xlabel("clean agreement with M (T = M = y)")
+    ax.set_ylabel(f"DAC, adaptive worst case (ε = {mid:g})")
+    ax.set_title(f"{results.get('dataset') or ''}: clean agreement against adaptive DAC "
+                 "(95% intervals)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return _png(fig)

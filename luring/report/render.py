@@ -14,12 +14,7 @@ from typing import Any
 from luring.errors import LuringError
 from luring.report import figures
 from luring.report import paper_numbers as paper
-from luring.report.adaptive import (
-    adaptive_table,
-    diagnostics_table,
-    operating_point_table,
-    verdict_table,
-)
+from luring.report.adaptive import adaptive_table, diagnostics_table, operating_point_table
 from luring.report.extra import extra_sections, extra_summary
 from luring.report.tables import (
     DASH,
@@ -39,6 +34,7 @@ from luring.report.tables import (
     md_table,
     rows_of,
 )
+from luring.report.verdict import paired_verdict_text, tradeoff_section, verdict_section
 from luring.utils import atomic_write_bytes, atomic_write_text, ensure_dir, to_jsonable
 
 __all__ = ["render_report", "print_summary", "luring_verdict", "verdict_text"]
@@ -83,22 +79,14 @@ def luring_verdict(results: dict, attack: str = "mim-w") -> list[dict[str, Any]]
 
 def verdict_text(results: dict) -> str:
     """The luring-effect verdict in one line. With a paired verdict in the results (the
-    adaptive experiment): at how many ε Luring's DAC is significantly higher than the best
-    other approach's (McNemar, p < 0.05) under MIM-W and under the adaptive worst case;
-    otherwise the highest-number comparison of MIM-W. Empty without either."""
-    paired = [r for r in results.get("verdict") or [] if isinstance(r, dict)]
+    adaptive experiment): how many comparisons of Luring with the other approaches (per attack
+    and ε, McNemar, p < 0.05) find it higher, not different or lower, on DAC and on AC_M,
+    and how many were excluded because the attack failed on T
+    (:func:`luring.report.verdict.paired_verdict_text`); otherwise the highest-number
+    comparison of MIM-W. Empty without either."""
+    paired = paired_verdict_text(results)
     if paired:
-        parts = []
-        for attack, name in (("mim-w", "MIM-W (the paper's attack)"),
-                             ("adaptive-worst", "the adaptive worst case"),
-                             ("substitute", "the substitute attacker")):
-            rows = [r for r in paired if r.get("attack") == attack]
-            if rows:
-                held = [fmt(r.get("eps")) for r in rows if r.get("holds")]
-                parts.append(f"under {name} at {len(held)} of {len(rows)} ε"
-                             + (f" ({', '.join(held)})" if held else ""))
-        return ("Luring effect (Luring's DAC significantly above the best other approach's, "
-                "paired McNemar test, p < 0.05): holds " + "; ".join(parts))
+        return paired
     v = luring_verdict(results)
     if not v:
         return ""
@@ -323,14 +311,8 @@ def render_report(results: dict, run_dir: str | os.PathLike) -> Path:
     md = diagnostics_table(results)
     if md:
         lines += ["## Gradient-masking diagnostics", "", md, ""]
-    header, rows, md = verdict_table(results)
-    if md:
-        table("table_verdict.csv", (header, rows, md))
-        lines += ["## Verdict: paired test of the luring effect", "",
-                  "Per attack and ε, Luring's DAC against the best other approach's on the "
-                  "same images (per-example outcomes, pooled over seeds): McNemar's exact "
-                  "test and Newcombe's 95% interval of the difference. The effect \"holds\" "
-                  "only where Luring's DAC is higher and p < 0.05.", "", md, ""]
+    lines += verdict_section(results, table)
+    lines += tradeoff_section(results, put)
 
     for name, built, title, intro in extra_sections(results):  # appendices H.2 and I
         md = table(name, built)

@@ -19,6 +19,10 @@ from luring.report import paper_numbers as paper
 __all__ = [
     "APPROACHES",
     "ATTACK_ORDER",
+    "ATTACK_FAILED_AC_MOP",
+    "FAILED_MARK",
+    "attack_failed",
+    "failure_note",
     "NAMES",
     "DASH",
     "as_float",
@@ -47,6 +51,11 @@ NAMES = {"target": "Target (M)", "stack": "Stack", "auto": "Auto", "ce": "C_E",
          "luring": "Luring", "fgsm": "FGSM", "pgd": "PGD", "mim": "MIM", "mim-l2": "MIM-L2",
          "spsa": "SPSA", "eco": "ECO", "mim-w": "MIM-W", "worst-case": "worst case"}
 DASH = "—"
+#: AC_MoP above which an attack is said to have failed on T: the same limit as
+#: ``luring.experiments.diagnostics.ATTACK_FAILED_AC_MOP`` (results written without it).
+ATTACK_FAILED_AC_MOP = 0.1
+#: The mark of a cell whose attack failed on T.
+FAILED_MARK = "†"
 
 
 def as_float(v: Any) -> float | None:
@@ -154,6 +163,35 @@ def _ns(rows: Iterable[dict | None]) -> str:
     return "/".join(str(n) for n in ns) if ns else DASH
 
 
+def attack_failed(row: dict | None, limit: float = ATTACK_FAILED_AC_MOP) -> bool:
+    """Did the attack of this row fail on T (its AC_MoP above ``limit``)?"""
+    v = as_float((row or {}).get("ac_mop"))
+    return v is not None and v > limit
+
+
+def failure_note(cells: Iterable[dict | None]) -> str:
+    """The footnote of the :data:`FAILED_MARK` cells among ``cells`` (result rows), naming
+    each with its AC_MoP; empty when none is marked."""
+    marked = sorted((c for c in cells if attack_failed(c)),
+                    key=lambda c: (as_float(c.get("eps")) or 0.0,
+                                   APPROACHES.index(c.get("approach"))
+                                   if c.get("approach") in APPROACHES else 99))
+    if not marked:
+        return ""
+    where = "; ".join(f"{NAMES.get(c.get('approach'), c.get('approach'))} at ε = "
+                      f"{fmt(c.get('eps'))}: {100 * float(c['ac_mop']):.1f}%" for c in marked)
+    return (f"{FAILED_MARK} The attack left T right on more than "
+            f"{100 * ATTACK_FAILED_AC_MOP:g}% of the images ({where}): AC_M there measures "
+            "attack failure, not luring; the paired verdict's counts leave these cells out.")
+
+
+def _mop_cell(row: dict | None) -> str:
+    """AC_MoP of ``row`` (± std), with :data:`FAILED_MARK` when the attack failed on T."""
+    std = (row or {}).get("std") or {}
+    text = fmt_std((row or {}).get("ac_mop"), std.get("ac_mop"))
+    return text + FAILED_MARK if attack_failed(row) else text
+
+
 # ------------------------------------------------------------------------------- table 8
 
 def clean_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
@@ -222,7 +260,7 @@ def defend_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
               "ac_mop_ci_low", "ac_mop_ci_high", "ac_m_ci_low", "ac_m_ci_high",
               "dac_ci_low", "dac_ci_high", "ac_mop_std", "ac_m_std", "dac_std", "setting",
               "paper_ac_mop", "paper_ac_m", "paper_dac", "per_seed", "detection_rate",
-              "dac_op", "dac_op_ci_low", "dac_op_ci_high", "auroc"]
+              "dac_op", "dac_op_ci_low", "dac_op_ci_high", "auroc", "attack_failed"]
     csv_rows: list[list[Any]] = []
     md = []
     for attack in attacks_in(all_rows):
@@ -241,7 +279,7 @@ def defend_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
                              std.get("ac_mop"), std.get("ac_m"), std.get("dac"),
                              json.dumps(setting, sort_keys=True) if setting else None, *pc,
                              _per_seed(r), r.get("detection_rate"), r.get("dac_op"),
-                             *_ci(r, "dac_op"), r.get("auroc")])
+                             *_ci(r, "dac_op"), r.get("auroc"), attack_failed(r)])
         mh = ["ε", "source", "n"] + [f"{NAMES.get(a, a)} {m}" for a in apps
                                      for m in ("AC_MoP", "AC_M", "DAC")]
         md_rows = []
@@ -252,15 +290,17 @@ def defend_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
                 line = [fmt(e, 3), "ours", _ns(cells)]
                 for c in cells:
                     std = (c or {}).get("std") or {}
-                    line += [fmt_std((c or {}).get(k), std.get(k))
-                             for k in ("ac_mop", "ac_m", "dac")]
+                    line += [_mop_cell(c)] + [fmt_std((c or {}).get(k), std.get(k))
+                                              for k in ("ac_m", "dac")]
                 md_rows.append(line)
             if e in pap:
                 line = [fmt(e, 3), label, "1000"]
                 for a in apps:
                     line += [fmt(v, 2) for v in pap[e].get(a, (None, None, None))]
                 md_rows.append(line)
-        md.append(f"**{NAMES.get(attack, attack)}**\n\n" + md_table(mh, md_rows))
+        note = failure_note(rows)
+        md.append(f"**{NAMES.get(attack, attack)}**\n\n" + md_table(mh, md_rows)
+                  + (f"\n{note}\n" if note else ""))
     return header, csv_rows, "\n".join(md)
 
 
