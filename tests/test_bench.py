@@ -40,8 +40,18 @@ def test_tiny_run_writes_complete_json(tmp_path, monkeypatch, capsys):
     transfer = ("nifgsm", "sinifgsm", "vmifgsm", "vnifgsm")
     expected = {"bare_fwd_bwd_m", "bare_fwd_bwd_t", "bare_loop", "pgd", "mim", "dimti", "spsa",
                 "bare_forward_spsa", "eco", "bare_forward_eco", "train_p", "bare_step_p",
-                "train_m", "bare_step_m", "mimw_one_at_a_time", "mimw_batched", *transfer}
+                "train_m", "bare_step_m", "mimw_one_at_a_time", "mimw_batched", *transfer,
+                "bare_loop_best", "bare_step_p_best", "bare_step_m_best"}
     assert set(res["contenders"]) == expected
+    # precision: the tests' LURING_PRECISION (fp32) for luring; the best bare one measured
+    assert res["precision"]["luring"] == "fp32" and res["precision"]["requested"] == "fp32"
+    assert res["precision"]["best"] in ("fp32", "bf16")
+    # the machine's peak and each contender's share of it, from counted FLOPs
+    peak = res["peak"]
+    assert peak["matmul_gflops"]["fp32"] > 0 and peak["flops_per_image"]["train_step_m"] > 0
+    for name in ("bare_loop", "bare_loop_best", "mim", "train_p", "train_m"):
+        frac = peak["contenders"][name]["fraction_of_peak"]
+        assert 0 < frac < 5, (name, frac)   # tiny batches: a loose sanity bound
     # the batched MIM-W grid gives exactly the one-at-a-time results, every repetition
     assert res["mimw_same_results"] is True
     assert "mimw_batched_vs_one_at_a_time" in res["ratios"]
@@ -72,7 +82,7 @@ def test_tiny_run_writes_complete_json(tmp_path, monkeypatch, capsys):
     inter = res["interleaving"]
     assert inter["interleaved"] is True
     groups = inter["groups"]
-    assert ["bare_loop", "pgd", "mim", "dimti", *transfer] in groups
+    assert ["bare_loop", "bare_loop_best", "pgd", "mim", "dimti", *transfer] in groups
     assert ["spsa", "bare_forward_spsa"] in groups
     assert inter["orders"][0] != inter["orders"][1]
     assert len(inter["events"]) == 2 * cfg.reps * len(expected)

@@ -143,7 +143,8 @@ def test_train_defense_cli_on_image_folders(tree, tmp_path, capsys):
                     classes=list(CLASSES), dataset="imagefolder-32x32")
     out = tmp_path / "d"
     code = main(["train-defense", "--target", str(target), "--data-dir", str(tree),
-                 "--epochs", "1", "--batch-size", "8", "--out", str(out)])
+                 "--epochs", "1", "--batch-size", "8", "--out", str(out),
+                 "--allow-weak"])  # a random M and one epoch: T may agree little with M
     printed = capsys.readouterr()
     assert code == 0, printed.err
     meta = json.loads((out / "defense.json").read_text())

@@ -229,6 +229,11 @@ def test_load_rejects_other_and_damaged_directories(trapped, tmp_path):
     save_file({"masks": trapped.triggers.masks, "patterns": trapped.triggers.patterns,
                "signatures": trapped.signatures[:, :10].contiguous()},
               str(d / "trapdoor.safetensors"))
+    with pytest.raises(LuringError, match="is not the file this defense was written with"):
+        load_trapdoor(d)  # the fingerprint recorded in defense.json
+    meta = json.loads((d / "defense.json").read_text())
+    del meta["fingerprints"]  # as written before fingerprints: the shapes are still checked
+    (d / "defense.json").write_text(json.dumps(meta))
     with pytest.raises(LuringError, match="does not match"):
         load_trapdoor(d)
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from luring import precision as prec
+from luring.attacks.chunks import CHUNK, chunk_bounds, default_chunk
 from luring.errors import LuringError
 from luring.utils import check_images, check_range, make_generator
 
@@ -65,36 +65,6 @@ __all__ = [
     "CHUNK",
 ]
 
-#: Default chunk size (images per batched pass of an attack) by device type: on a CPU a
-#: forward and backward of the paper's models runs fastest at about 128 images; a GPU wants
-#: large launches. ``$LURING_CHUNK`` overrides both.
-CHUNK = {"cpu": 128, "cuda": 1024}
-
-
-def default_chunk(device: torch.device | str | None = None) -> int:
-    """The chunk size for ``device``: ``$LURING_CHUNK`` when set, else :data:`CHUNK`."""
-    env = os.environ.get("LURING_CHUNK")
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise LuringError(f"$LURING_CHUNK must be an integer ≥ 1, got {env!r}")
-        return value
-    kind = torch.device(device).type if device is not None else "cpu"
-    return CHUNK.get(kind, CHUNK["cuda"])
-
-
-def chunk_bounds(start: int, n: int, chunk: int) -> list[tuple[int, int]]:
-    """The chunks ``[(lo, hi), ...]`` (offsets relative to ``start``) of examples
-    ``start .. start+n-1`` cut at the global multiples of ``chunk``."""
-    out, i = [], 0
-    while i < n:
-        hi = min(n, ((start + i) // chunk + 1) * chunk - start)
-        out.append((i, hi))
-        i = hi
-    return out
 
 _MASK64 = (1 << 64) - 1
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -71,6 +70,12 @@ def register(subparsers) -> None:
                    help="transparency of the triggers (default 0.1)")
     t.add_argument("--false-alarm", type=fraction(0.0, 0.5), default=None,
                    help="detector's false-alarm target on clean held-out images (default 0.05)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the defense already in --out (only a defense directory is "
+                   "ever replaced; files of yours in it are kept)")
+    p.add_argument("--allow-weak", action="store_true",
+                   help="publish the defense even when T agrees with M on fewer than half of "
+                   "the held-out images (refused by default), with a warning")
     add_common(p, out_help="defense directory to write")
     p.set_defaults(handler=_train)
 
@@ -111,6 +116,7 @@ def register(subparsers) -> None:
     p.add_argument("--defense", required=True, help="defense directory")
     p.add_argument("--format", required=True, choices=["onnx", "torchscript"], dest="fmt",
                    help="onnx or torchscript")
+    p.add_argument("--force", action="store_true", help="replace the file already at --out")
     add_common(p, out_help="file to write")
     p.set_defaults(handler=_export)
 
@@ -156,8 +162,8 @@ def _train_on(args: argparse.Namespace, target_dir: Path, device) -> int:
     DistributedDataParallel training of P), rank 0 alone writes and prints."""
     import luring.data as ldata
     from luring import distributed
-    from luring.defense.build import build_defense
-    from luring.defense.deploy import staging_dir
+    from luring.defense.build import AGREEMENT_FLOOR, build_defense
+    from luring.defense.publish import OutputClaim
     from luring.defense.settings import defense_settings, resolve_settings
     from luring.errors import LuringError
     from luring.models import load_checkpoint
@@ -179,10 +185,12 @@ def _train_on(args: argparse.Namespace, target_dir: Path, device) -> int:
         defense_settings(spec.family, args.method, args.profile, dataset=spec.name),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dropout=args.dropout,
         val_fraction=args.val_fraction, eval_every=args.eval_every, **{"lambda": args.lam})
-    # fail now, not after training, if --out is unwritable (rank 0 writes; an error is raised
-    # on every rank)
-    stage = distributed.everywhere(lambda: staging_dir(args.out) if distributed.is_main()
-                                   else None)
+    # fail now, not after training, if --out is taken, refused or unwritable (rank 0 claims
+    # and writes it; an error is raised on every rank)
+    claim = distributed.everywhere(
+        lambda: OutputClaim(args.out, force=args.force).acquire() if distributed.is_main()
+        else None)
+    stage = claim.stage if claim is not None else None
     try:
         x_train, y_train, test = _splits(dataset, spec, args.data_dir)
         config = {"command": "train-defense", "target": str(target_dir), "method": args.method,
@@ -193,10 +201,13 @@ def _train_on(args: argparse.Namespace, target_dir: Path, device) -> int:
             args.out, target, tmeta, x_train, test, method=args.method, settings=settings,
             family=spec.family, dataset=dataset, seed=args.seed, device=device, labels=y_train,
             target_dir=str(target_dir.resolve()), config=config, stage=stage,
-            desc=f"train-defense {args.method}", parallel=True)
+            desc=f"train-defense {args.method}", parallel=True,
+            agreement_floor=AGREEMENT_FLOOR,
+            on_weak=(lambda msg: sys.stderr.write(f"luring: WARNING: {msg}\n"))
+            if args.allow_weak else None)
     finally:
-        if stage is not None:
-            shutil.rmtree(stage, ignore_errors=True)
+        if claim is not None:
+            claim.release()
     if not distributed.is_main():
         return 0
     print(f"wrote {out}: {args.method} on {dataset} (n = {clean['n']} test images): "
@@ -231,7 +242,7 @@ def _train_trapdoor(args: argparse.Namespace, target_dir: Path, tmeta: dict, dat
     """``train-defense --method trapdoor``: a model of M's architecture (M's weights unused)
     trained from scratch with a trapdoor per label, its signatures and detector."""
     import luring.data as ldata
-    from luring.defense.deploy import staging_dir
+    from luring.defense.publish import OutputClaim
     from luring.defense.trapdoor import resolve_trapdoor_settings, trapdoor_settings
     from luring.defense.trapdoor_train import build_trapdoor
 
@@ -241,7 +252,8 @@ def _train_trapdoor(args: argparse.Namespace, target_dir: Path, tmeta: dict, dat
         val_fraction=args.val_fraction, clean_epochs=args.clean_epochs,
         inject_ratio=args.inject_ratio, mask_ratio=args.mask_ratio,
         false_alarm=args.false_alarm)
-    stage = staging_dir(args.out)  # fail now, not after training, if --out is unwritable
+    # fail now, not after training, if --out is taken, refused or unwritable
+    claim = OutputClaim(args.out, force=args.force).acquire()
     try:
         x_train, y_train = ldata.load(dataset, "train", args.data_dir)
         test = ldata.load(dataset, "test", args.data_dir)
@@ -251,9 +263,9 @@ def _train_trapdoor(args: argparse.Namespace, target_dir: Path, tmeta: dict, dat
         out, trapped, clean = build_trapdoor(
             args.out, x_train, y_train, test, settings=settings, family=spec.family,
             dataset=dataset, classes=list(spec.classes), seed=args.seed, device=device,
-            config=config, stage=stage)
+            config=config, stage=claim.stage)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        claim.release()
     cal = trapped.meta["calibration"]
 
     def pct(v: float) -> str:
@@ -336,7 +348,15 @@ def _detect(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from luring.defense.deploy import load
     from luring.defense.export import export_augmented
+    from luring.errors import LuringError
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise LuringError(f"--out {out} is a directory; give the file to write, e.g. "
+                          f"{out / ('t.onnx' if args.fmt == 'onnx' else 't.pt')}")
+    if out.exists() and not args.force:
+        raise LuringError(f"--out {out} already exists; pass --force to replace it, or choose "
+                          "another --out")
     defense = load(args.defense, device="cpu")
     path = export_augmented(defense, args.fmt, args.out)
     print(f"wrote {path}: T = M∘P ({defense.method}) as {args.fmt}, input "

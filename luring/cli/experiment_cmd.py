@@ -30,9 +30,12 @@ def _experiment_list(text: str) -> tuple[str, ...]:
 def _options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
     if not demo:
         p.add_argument("--dataset", default="mnist-5k", help="data set (default mnist-5k)")
-        p.add_argument("--profile", default="quick", choices=["quick", "paper", "smoke"],
-                       help="quick (minutes on a CPU), paper (the paper's protocol in full), "
-                       "smoke (seconds; for tests)")
+        p.add_argument("--profile", default="quick",
+                       choices=["quick", "standard", "paper", "smoke"],
+                       help="quick (minutes on a CPU), standard (every model at the paper's "
+                       "training budget, an evaluation sized to decide: about an hour on "
+                       "mnist-5k with bf16), paper (the paper's protocol in full), smoke "
+                       "(seconds; for tests)")
     p.add_argument("--data-dir", default=None, help="data root (default $LURING_DATA or cache)")
     p.add_argument("--seeds", type=pos_int, default=1,
                    help="train each P with this many seeds and report mean ± std")

@@ -7,6 +7,7 @@ measures."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from luring.cli.common import add_amp, add_common, nonneg_int, pos_float, pos_int, unit_float
@@ -121,6 +122,8 @@ def run_import(args: argparse.Namespace) -> int:
                          workers=args.workers, force=args.force)
     print(f"test accuracy {info['test_accuracy']:.4f} (n={info['n_test']}) of {arch} on "
           f"{dataset} → {info['out']}")
+    if info.get("warning"):
+        sys.stderr.write(f"luring: WARNING: {info['warning']}\n")
     return 0
 
 

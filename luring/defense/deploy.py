@@ -17,17 +17,17 @@ Defense directory (contract with the other stages, format ``luring-defense/1``):
 * ``config.json`` (how the run was asked for), ``results.json`` (the clean figures) and
   ``report.md`` (human summary).
 
-The directory is written into a hidden sibling staging directory first and then moved into
-place file by file with ``os.replace``: an interrupted or failed run leaves any previous
+``defense.json`` also records ``fingerprints`` (``luring.utils.fingerprint`` of each
+``*.safetensors`` file's state dict): :func:`load` refuses a swapped or damaged file.
+
+The directory is written into a hidden sibling staging directory and then renamed into place
+as a whole (:mod:`luring.defense.publish`): an interrupted or failed run leaves any previous
 defense intact and no half-written file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,6 +42,7 @@ from luring.defense.calibrate import (
     save_calibration,
 )
 from luring.defense.evaluate import clean_table_markdown
+from luring.defense.publish import FORMAT, publish, verify_fingerprints, write_defense
 from luring.defense.scores import PAPER_THRESHOLD, SCORES, flag, score
 from luring.defense.train import TrainedDefense
 from luring.errors import LuringError
@@ -57,13 +58,8 @@ from luring.utils import (
 )
 
 __all__ = ["FORMAT", "Defense", "Detection", "LEGACY_DETECTOR", "load", "save_defense",
-           "staging_dir", "publish"]
+           "publish"]
 
-FORMAT = "luring-defense/1"
-_MODEL_FILES = [f"{n}.{e}" for n in ("target", "component", "head") for e in ("safetensors",
-                                                                              "json")]
-_OWN_FILES = _MODEL_FILES + [CALIBRATION_FILE, "defense.json", "config.json", "results.json",
-                             "report.md"]
 LEGACY_DETECTOR: dict[str, Any] = {
     "rule": "paper", "threshold": PAPER_THRESHOLD, "target_fpr": None, "heldout_fpr": None,
     "heldout_k": None, "n": 0, "split": None,
@@ -147,6 +143,7 @@ class Defense:
             if self.directory is None:
                 raise LuringError("this defense was not loaded from a directory and has no "
                                   "calibration data")
+            verify_fingerprints(self.directory, self.meta, ("calibration",))
             self._calibration = load_calibration(self.directory)
         return self._calibration
 
@@ -220,7 +217,8 @@ def _freeze(model: nn.Module) -> nn.Module:
 
 def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Defense:
     """Load a defense directory written by ``luring train-defense`` / :func:`save_defense`.
-    Raises a one-line LuringError when it is missing, of another format or incomplete."""
+    Raises a one-line LuringError when it is missing, of another format or incomplete, or
+    when a weights file is not the one its ``defense.json`` records (fingerprints)."""
     d = Path(directory)
     if not d.is_dir():
         raise LuringError(f"defense directory {d} does not exist; train one with "
@@ -232,6 +230,7 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> De
     if meta.get("method") == "trapdoor":
         raise LuringError(f"{d} holds a trapdoor defense (a trapdoored model, no M∘P); load it "
                           "with luring.defense.load_trapdoor")
+    verify_fingerprints(d, meta, ("target", "component", "head"))
     dev = resolve_device(device)
     target, tmeta = load_checkpoint(d, "target", device=dev)
     component, _ = load_checkpoint(d, "component", device=dev)
@@ -245,42 +244,6 @@ def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> De
     return Defense(target, component, augmented, meta, shape, dev, d)  # type: ignore[arg-type]
 
 
-def staging_dir(out: str | os.PathLike) -> Path:
-    """Create the hidden sibling directory a run writes into before :func:`publish`; raises a
-    LuringError at once when ``out``'s location cannot be written (so that nothing is trained
-    for nothing)."""
-    o = Path(out)
-    if o.exists() and not o.is_dir():
-        raise LuringError(f"--out {o} exists and is not a directory; choose another --out")
-    try:
-        o.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{o.name}.partial-", dir=o.parent))
-    except OSError as exc:
-        raise LuringError(f"output directory {o} cannot be written ({exc.strerror or exc}); "
-                          "choose another --out or fix its permissions") from None
-
-
-def publish(staging: Path, out: str | os.PathLike) -> Path:
-    """Move the staged files into ``out`` (each with ``os.replace``, models first and
-    ``defense.json`` last), remove our files a previous run left that this one does not
-    have (e.g. ``head.*``), then delete the staging directory."""
-    o = Path(out)
-    try:
-        o.mkdir(parents=True, exist_ok=True)
-        names = sorted(p.name for p in staging.iterdir())
-        for name in sorted(names, key=lambda n: (n == "defense.json", n)):
-            os.replace(staging / name, o / name)
-        for name in _OWN_FILES:
-            if name not in names:
-                with contextlib.suppress(FileNotFoundError):
-                    (o / name).unlink()
-    except OSError as exc:
-        raise LuringError(f"cannot write the defense into {o} ({exc.strerror or exc})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return o
-
-
 def save_defense(directory: str | os.PathLike, trained: TrainedDefense, *,
                  target_meta: dict[str, Any], dataset: str | None, seed: int,
                  clean: dict[str, Any] | None = None, target_dir: str | None = None,
@@ -290,22 +253,20 @@ def save_defense(directory: str | os.PathLike, trained: TrainedDefense, *,
     """Write the defense directory for ``trained`` into ``directory`` (staged, then moved into
     place). ``target_meta``: M's checkpoint sidecar (architecture, input shape, classes);
     ``clean``: :func:`~luring.defense.evaluate_clean`'s figures; ``config``: what was asked
-    for (written to ``config.json``; defaults to the resolved settings); ``stage``: a
-    directory from :func:`staging_dir` made earlier (default: a new one); ``detector``: the
+    for (written to ``config.json``; defaults to the resolved settings); ``stage``: the
+    staging directory of an :class:`~luring.defense.publish.OutputClaim` the caller holds
+    (default: ``directory`` is claimed here; a concurrent writer fails); ``detector``: the
     operating point (``defense.json``'s ``detector``; None: the paper rule is used on
     loading); ``calibration``: ``{"t_logits", "m_logits", "index"}`` of the calibration
     images (written to ``calibration.safetensors``). Returns the directory."""
-    stage = stage if stage is not None else staging_dir(directory)
-    try:
+
+    def write(d: Path) -> None:
         if calibration is not None:
-            save_calibration(stage, calibration["t_logits"], calibration["m_logits"],
+            save_calibration(d, calibration["t_logits"], calibration["m_logits"],
                              calibration["index"])
-        _write_all(stage, trained, target_meta, dataset, seed, clean, target_dir, config,
-                   detector)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    return publish(stage, directory)
+        _write_all(d, trained, target_meta, dataset, seed, clean, target_dir, config, detector)
+
+    return write_defense(directory, write, stage)
 
 
 def _write_all(d: Path, tr: TrainedDefense, tmeta: dict[str, Any], dataset: str | None,

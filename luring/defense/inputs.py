@@ -3,11 +3,13 @@
 Accepted inputs:
 
 * PNG or JPEG files (``.png``, ``.jpg``, ``.jpeg``): one image each, converted with Pillow to
-  the model's channel count (grey ``L`` for 1 channel, ``RGB`` for 3). The size must be the
-  model's exactly (no silent resizing): a wrong size is a LuringError naming the expected one.
+  the model's channel count (grey ``L`` for 1 channel, ``RGB`` for 3; 16-bit grey PNGs, modes
+  ``I;16``/``I``, are scaled by 1/65535, not clipped to 8 bits). The size must be the model's
+  exactly (no silent resizing): a wrong size is a LuringError naming the expected one.
 * NumPy arrays (``.npy``, read with ``allow_pickle=False``; ``.npz`` with one array, or an
   array named ``x`` or ``images``): shape (N, C, H, W), or (N, H, W) for 1-channel models;
-  dtype uint8 (0-255, divided by 255) or float (values in [0, 1]).
+  dtype uint8 (0-255, divided by 255) or float (values in [0, 1]). An empty array (no
+  images) is a LuringError naming the file.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = ["read_inputs", "array_to_images", "IMAGE_SUFFIXES", "ARRAY_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARRAY_SUFFIXES = (".npy", ".npz")
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit grey (Pillow's modes)
 
 
 def array_to_images(arr: np.ndarray, input_shape: tuple[int, int, int], source: str
@@ -33,6 +36,9 @@ def array_to_images(arr: np.ndarray, input_shape: tuple[int, int, int], source: 
     """Convert an array (N, C, H, W) or (N, H, W), uint8 0-255 or float in [0, 1], into
     float32 (N, C, H, W) images; shape and range are checked against ``input_shape``."""
     c, h, w = input_shape
+    if arr.size == 0:
+        raise LuringError(f"{source} is empty (an array of shape {tuple(arr.shape)}): it holds "
+                          "no images; pass a file with at least one image")
     if arr.dtype == np.uint8:
         data = arr.astype(np.float32) / 255.0
     elif np.issubdtype(arr.dtype, np.floating):
@@ -64,7 +70,8 @@ def _read_array(p: Path) -> np.ndarray:
         key = keys[0] if len(keys) == 1 else next((k for k in ("x", "images") if k in keys),
                                                   None)
         if key is None:
-            raise LuringError(f"{p} holds arrays {keys}; keep one, or name it 'x' or 'images'")
+            raise LuringError(f"{p} holds no arrays; save the images in it" if not keys else
+                              f"{p} holds arrays {keys}; keep one, or name it 'x' or 'images'")
         try:
             return loaded[key]
         except ValueError as exc:
@@ -83,8 +90,13 @@ def _read_image(p: Path, input_shape: tuple[int, int, int]) -> torch.Tensor:
         with Image.open(p) as img:
             img.load()
             size = img.size
-            arr = np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
+            if img.mode in _WIDE_GREY:  # 16-bit grey: 0-65535 (convert("L") would clip)
+                grey = np.clip(np.asarray(img, dtype=np.float64) / 65535.0, 0.0, 1.0)
+                arr = grey.astype(np.float32)
+                arr = arr if c == 1 else np.repeat(arr[..., None], 3, axis=2)
+            else:
+                arr = np.asarray(img.convert("L" if c == 1 else "RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise LuringError(f"{p} is not a readable PNG/JPEG image ({exc})") from None
     if size != (w, h):
         raise LuringError(f"{p} is {size[0]}x{size[1]} pixels; this defense expects "

@@ -4,7 +4,7 @@ trapdoor``). The method itself (settings, triggers, :class:`TrappedModel`) is in
 ``luring.defense.trapdoor``, which also re-exports this module's public functions.
 
 Directory (format ``luring-defense/1``, method ``trapdoor``), written into a hidden staging
-sibling and moved into place file by file (``luring.defense.deploy.publish``):
+sibling and renamed into place as a whole (:mod:`luring.defense.publish`):
 
 * ``defense.json``: ``format``, ``method``, ``dataset``, ``config`` (resolved settings),
   ``seed``, ``triggers`` (their parameters), ``threshold``, ``calibration`` (target and
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,8 @@ import torch.nn.functional as F
 from safetensors.torch import save as st_save
 from torch import nn
 
-from luring.defense.deploy import FORMAT, publish, staging_dir
+from luring import precision as prec
+from luring.defense.deploy import FORMAT, verify_fingerprints, write_defense
 from luring.defense.trapdoor import (
     TrappedModel,
     Triggers,
@@ -80,7 +80,8 @@ def _other_labels(y: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor
 def train_trapdoor(x_train: torch.Tensor, y_train: torch.Tensor, *, family: str = "mnist",
                    settings: dict[str, Any] | None = None, num_classes: int | None = None,
                    seed: int = 0, device: str | torch.device = "cpu",
-                   desc: str = "train trapdoor") -> TrappedModel:
+                   desc: str = "train trapdoor", precision: str | None = None
+                   ) -> TrappedModel:
     """Train a trapdoored model of ``settings["architecture"]`` (M's; default: the family's
     target) from scratch, then compute its signatures and calibrate its threshold.
 
@@ -88,7 +89,9 @@ def train_trapdoor(x_train: torch.Tensor, y_train: torch.Tensor, *, family: str 
     ``val_fraction`` of them is never trained on: it gives the signatures (stamped copies)
     and the threshold (clean copies, label-free). ``settings``: from
     :func:`trapdoor_settings` (default: the family's paper profile). Every random choice
-    derives from ``seed``. Returns a :class:`TrappedModel` in eval mode.
+    derives from ``seed``. ``precision`` (:mod:`luring.precision`, default the process
+    default): the training steps' autocast type (``settings["precision"]`` records it);
+    signatures and the threshold are float32. Returns a :class:`TrappedModel` in eval mode.
     """
     s = resolve_trapdoor_settings(settings if settings is not None else
                                   trapdoor_settings(family, "paper"))
@@ -119,8 +122,10 @@ def train_trapdoor(x_train: torch.Tensor, y_train: torch.Tensor, *, family: str 
         torch.manual_seed(seed)  # weight initialisation and dropout
         model = build(s["architecture"], in_channels=shape[0], num_classes=k,
                       **arch_kwargs).to(dev)
-        history = _fit(model, x_train, y_train, train_idx, triggers, s, gen, dev, desc,
-                       (x_val, y_val, x_val_trap, x_val_trap_t))
+        s["precision"] = prec.resolve(precision, model, dev, shape)
+        with prec.training_format(s["precision"], model):
+            history = _fit(model, x_train, y_train, train_idx, triggers, s, gen, dev, desc,
+                           (x_val, y_val, x_val_trap, x_val_trap_t))
     seconds = time.perf_counter() - t0
     for p in model.parameters():
         p.requires_grad_(False)
@@ -152,6 +157,7 @@ def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, train_idx: torch.Te
     returns one history row per epoch with held-out clean accuracy and trapdoor success."""
     opt = torch.optim.Adam(model.parameters(), lr=float(s["lr"]))
     b, n, k = s["batch_size"], len(train_idx), triggers.num_classes
+    p = s.get("precision", "fp32")
     steps = n // b + (1 if n % b > 1 else 0)  # a last batch of one image is dropped (BN)
     phases = [("clean", s["clean_epochs"]), ("trap", s["trap_epochs"])]
     bar = progress(total=steps * (s["clean_epochs"] + s["trap_epochs"]), desc=desc,
@@ -177,7 +183,10 @@ def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, train_idx: torch.Te
                         xb = torch.where(inject[:, None, None, None], triggers.apply(xb, t), xb)
                         yb = torch.where(inject, t, yb)
                     xb, yb = xb.to(dev), yb.to(dev)
-                    logits = model(xb)
+                    if p != "fp32":
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    with prec.autocast(p, dev):
+                        logits = model(xb).float()
                     loss = F.cross_entropy(logits, yb)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
@@ -255,17 +264,13 @@ def save_trapdoor(directory: str | os.PathLike, trapped: TrappedModel, *, datase
                   config: dict[str, Any] | None = None, stage: Path | None = None) -> Path:
     """Write the trapdoor defense directory for ``trapped`` (staged, then moved into place).
     ``clean``: :func:`evaluate_trapdoor` on test images; ``config``: how the run was asked
-    for (``config.json``; default the settings); ``stage``: from
-    :func:`~luring.defense.deploy.staging_dir`. Returns the directory. A directory holding
+    for (``config.json``; default the settings); ``stage``: an
+    :class:`~luring.defense.publish.OutputClaim`'s (default: claimed here). Returns the
+    directory; ``defense.json`` records the weights' fingerprints. A directory holding
     another model's ``model.json`` (a target run directory) is refused, never overwritten."""
     check_out(directory)
-    stage = stage if stage is not None else staging_dir(directory)
-    try:
-        _write_all(stage, trapped, dataset, classes, clean, config)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    return publish(stage, directory)
+    return write_defense(directory, lambda d: _write_all(d, trapped, dataset, classes, clean,
+                                                         config), stage)
 
 
 def check_out(directory: str | os.PathLike) -> None:
@@ -354,6 +359,7 @@ def load_trapdoor(directory: str | os.PathLike,
     if meta.get("method") != METHOD:
         raise LuringError(f"{d} holds a {meta.get('method')!r} defense, not a trapdoor one; "
                           "load it with luring.defense.load")
+    verify_fingerprints(d, meta)  # a swapped or damaged weights file is refused
     dev = resolve_device(device)
     model, mmeta = load_checkpoint(d, "model", device=dev)
     for p in model.parameters():

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from luring.errors import LuringError
 from luring.experiments.common import aggregate, make_attack, together, unit_seed
 from luring.experiments.profiles import step_size
 from luring.experiments.store import RunDir
@@ -21,7 +22,22 @@ from luring.metrics import correct, dac_ok, rate, worst_case
 from luring.models import predict_logits
 from luring.utils import progress
 
-__all__ = ["run_defend", "mimw_settings"]
+__all__ = ["run_defend", "mimw_settings", "defend_attacks", "DEFEND_ATTACKS"]
+
+#: The defend experiment's attacks (section 4); a profile may leave the query attacks out
+#: (``defend.attacks``), saying so in its disclosure, where their budgets cannot fool T.
+DEFEND_ATTACKS = ("spsa", "eco", "mim-w")
+
+
+def defend_attacks(cfg: dict[str, Any]) -> tuple[str, ...]:
+    """The attacks a profile's ``defend`` settings run, in :data:`DEFEND_ATTACKS` order
+    (MIM-W always: it is the paper's headline attack)."""
+    want = set(cfg.get("attacks", DEFEND_ATTACKS)) | {"mim-w"}
+    bad = want - set(DEFEND_ATTACKS)
+    if bad:
+        raise LuringError(f"unknown defend attack(s) {', '.join(sorted(bad))}; choose from "
+                          f"{', '.join(DEFEND_ATTACKS)}")
+    return tuple(a for a in DEFEND_ATTACKS if a in want)
 
 
 def mimw_settings(cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -67,10 +83,16 @@ def run_defend(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[in
     (``roc["mim-w"][str(ε)][approach]``)."""
     from luring.experiments.detection import clean_scores, op_rates, pooled_roc
 
+    if len(x) == 0:  # nothing to attack (else an IndexError deep in the attacks)
+        raise LuringError("the defend experiment has no test image to attack: it attacks "
+                          "only images that M (and, with images_correct_for 'all', every T) "
+                          "classifies correctly, and there are none; check M's test accuracy, "
+                          "train the defenses longer, or use more test images")
     cfg = settings["defend"]
+    attacks = defend_attacks(cfg)
     seeds = sorted(next(iter(defenses.values())).keys()) if defenses else []
     units = [(s, a, atk, e) for s in seeds for a in defenses for e in settings["eps"]
-             for atk in ("spsa", "eco", "mim-w")]
+             for atk in attacks]
     out: dict[tuple, tuple[dict[str, torch.Tensor], dict[str, Any]]] = {}
     for s, a, atk, e in progress(units, desc="defend", unit="unit"):
         model = defenses[a][s].augmented
@@ -94,13 +116,13 @@ def run_defend(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[in
     clean = {(s, a): clean_scores(defenses[a][s], x) for s in seeds for a in defenses}
     for a in defenses:
         for e in settings["eps"]:
-            per: dict[str, list] = {k: [] for k in ("spsa", "eco", "mim-w", "worst-case")}
+            per: dict[str, list] = {k: [] for k in (*attacks, "worst-case")}
             chosen, curves = [], []
             for s in seeds:
                 d = defenses[a][s]
-                sp, ec = out[(s, a, "spsa", e)][0], out[(s, a, "eco", e)][0]
+                query = {k: out[(s, a, k, e)][0] for k in ("spsa", "eco") if k in attacks}
                 mw, mw_meta = out[(s, a, "mim-w", e)]
-                for name, u in (("spsa", sp), ("eco", ec)):
+                for name, u in query.items():
                     per[name].append(_rates(u["t_ok"], u["m_ok"], u["defended"])
                                      | op_rates(d, u["t_logits"], u["m_logits"], u["m_ok"])[0])
                 op, adv_scores = op_rates(d, mw["best_t_logits"], mw["best_m_logits"],
@@ -110,14 +132,15 @@ def run_defend(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[in
                 curves.append((clean[(s, a)], adv_scores, float(d.detector["threshold"]),
                                d.detector["rule"]))
                 chosen.append(mw_meta["best"])
-                worst = (worst_case([sp["t_ok"], ec["t_ok"], mw["t_ok_all"]]),
-                         worst_case([sp["m_ok"], ec["m_ok"], mw["m_ok_all"]]),
-                         worst_case([sp["defended"], ec["defended"], mw["defended_all"]]))
+                parts = list(query.values())
+                worst = tuple(worst_case([u[k] for u in parts] + [mw[f"{k}_all"]])
+                              for k in ("t_ok", "m_ok", "defended"))
                 per["worst-case"].append(_rates(*worst))
                 if outcomes is not None:
                     keys = ("t_ok", "m_ok", "defended")
                     outcomes[(s, a, "mim-w", e)] = {k: mw[f"best_{k}"] for k in keys}
-                    outcomes[(s, a, "spsa", e)] = {k: sp[k] for k in keys}
+                    if "spsa" in query:
+                        outcomes[(s, a, "spsa", e)] = {k: query["spsa"][k] for k in keys}
                     outcomes[(s, a, "worst-case", e)] = dict(zip(keys, worst, strict=True))
             entry = pooled_roc(curves)
             if roc is not None:

@@ -18,6 +18,7 @@ import torch
 
 from luring.data import get_spec
 from luring.errors import LuringError
+from luring.experiments.profiles import approach_method, defense_profile
 from luring.experiments.store import RunDir, identity_differences
 from luring.models import load_checkpoint
 from luring.models.train import target_settings, train_target_run
@@ -111,26 +112,29 @@ def prepare_models(run: RunDir, dataset: str, settings: dict[str, Any], seeds: l
     return target, defenses
 
 
-def _resolved_defense(spec, method: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """The fully resolved P settings a run trains ``method`` with (what identifies it)."""
+def _resolved_defense(spec, approach: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The fully resolved P settings a run trains ``approach`` with (what identifies it): its
+    method's settings for the run's profile, the run's ``defense`` overrides, then the
+    approach's own (:data:`~luring.experiments.profiles.VARIANTS`)."""
     from luring.defense import defense_settings, resolve_settings
 
-    profile = "quick" if settings["profile"] == "smoke" else settings["profile"]
-    return resolve_settings(defense_settings(spec.family, method, profile, dataset=spec.name),
-                            **settings["defense"])
+    method, extra = approach_method(approach)
+    base = resolve_settings(defense_settings(spec.family, method,
+                                             defense_profile(settings["profile"]),
+                                             dataset=spec.name), **settings["defense"])
+    return resolve_settings(base, **extra)
 
 
-def _train_defense(target, tmeta, tdir, out, method, spec, settings, seed, device, data):
-    from luring.defense import build_defense, defense_settings, resolve_settings
+def _train_defense(target, tmeta, tdir, out, approach, spec, settings, seed, device, data):
+    from luring.defense import build_defense
 
     x_tr, y_tr, x_te, y_te = data
     limit = settings.get("defense_train_images")
     if limit:  # the smoke profile trains on a seeded subset, to keep tests short
         keep = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(seed))[:limit]
         x_tr, y_tr = x_tr[keep], y_tr[keep]
-    profile = "quick" if settings["profile"] == "smoke" else settings["profile"]
-    s = resolve_settings(defense_settings(spec.family, method, profile, dataset=spec.name),
-                         **settings["defense"])
+    method, _ = approach_method(approach)
+    s = _resolved_defense(spec, approach, settings)
     build_defense(out, target, tmeta, x_tr, (x_te, y_te), method=method, settings=s,
                   family=spec.family, dataset=spec.name, seed=seed, device=device, labels=y_tr,
                   target_dir=str(tdir))

@@ -13,7 +13,8 @@ from luring.errors import LuringError
 
 __all__ = ["PROFILES", "resolve_profile", "APPROACHES", "EXPERIMENTS", "EXTRA_EXPERIMENTS",
            "ECO_BLOCK", "ECO_BATCH",
-           "L2_BOUND", "differences_from_paper"]
+           "L2_BOUND", "differences_from_paper", "VARIANTS", "approach_method",
+           "defense_profile"]
 
 APPROACHES = ("stack", "auto", "ce", "luring")
 EXPERIMENTS = ("characterize", "defend", "adaptive", "distortion", "logits", "saliency")
@@ -161,13 +162,64 @@ def _smoke(family: str) -> dict[str, Any]:
     return p
 
 
-PROFILES = {"paper": _paper, "quick": _quick, "smoke": _smoke}
+def _standard(family: str) -> dict[str, Any]:
+    """Every model trained as appendices A and B say (the paper profile's training: epochs,
+    batch, learning rates, equation 2 with no cap and no margin), both lurings side by side
+    (``luring``: equation 2; ``luring-neutral``: the quick profile's cap 5 and margin 1), and
+    an evaluation sized to decide: up to 1,000 eligible test images per cell (all of
+    mnist-5k's), MIM-W and the adaptive family at 100 iterations on a subset of the (p, kernel)
+    grid, the substitute attacker; SPSA and ECO left out of the defend tables (a budget that
+    fools T costs days on a CPU: the quick profile's left T right on 26-84% of the images),
+    SPSA kept in the gradient-masking check."""
+    p = _paper(family)
+    apps = list(p["approaches"])
+    p["approaches"] = apps[:apps.index("luring") + 1] + ["luring-neutral"]
+    p["characterize"].update(n=200, steps=100)
+    p["defend"].update(n=1000, attacks=["mim-w"])
+    p["defend"]["spsa"].update(iterations=20, samples=32)   # the masking check's SPSA only
+    p["defend"]["mim_w"].update(steps=100, p_values=[1.0], kernel_sizes=[5])
+    p["distortion"].update(n=50, binary_steps=5, iterations=100)
+    p["adaptive"].update(steps=100, p_values=[1.0], kernel_sizes=[],
+                         passes=[["margin", "bpda"]])
+    p["adaptive"]["transfer_attacks"] = [
+        {"attack": "ni-fgsm"}, {"attack": "si-ni-fgsm", "scales": 2},
+        {"attack": "vmi-fgsm", "neighbors": 2}]
+    p["adaptive"]["substitute"].update(pool=1000, epochs=10, rounds=1)
+    p["adaptive"]["diagnostics"].update(steps=[20, 100], reference_steps=100,
+                                        unbounded_steps=20)
+    p["advtrain"].update(n=500)
+    p["trapdoor"].update(n=500)
+    return p
+
+
+PROFILES = {"paper": _paper, "standard": _standard, "quick": _quick, "smoke": _smoke}
+
+#: Approaches that are one of the four methods with other settings: name → (method, P
+#: settings over the profile's). ``luring-neutral``: the luring loss with the quick profile's
+#: cap on eq. 2's first term and hinge margin (neutrality: more agreement with M, at a cost
+#: in luring effect that a run with both shows).
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "luring-neutral": ("luring", {"cap": 5.0, "margin": 1.0}),
+}
+
+
+def approach_method(approach: str) -> tuple[str, dict[str, Any]]:
+    """``(method, P settings overrides)`` of an approach name (a method is its own)."""
+    method, extra = VARIANTS.get(approach, (approach, {}))
+    return method, copy.deepcopy(extra)
+
+
+def defense_profile(profile: str) -> str:
+    """The defense-settings profile (luring.defense.settings) a run profile trains P with:
+    smoke → quick (shortened further by the run's ``defense`` overrides), standard → paper."""
+    return {"smoke": "quick", "standard": "paper"}.get(profile, profile)
 
 
 def resolve_profile(name: str, family: str) -> dict[str, Any]:
     """The fully resolved settings of profile ``name`` for data set ``family``."""
     if name not in PROFILES:
-        raise LuringError(f"unknown profile {name!r}; choose one of: paper, quick, smoke")
+        raise LuringError(f"unknown profile {name!r}; choose one of: paper, standard, quick, "
+                          "smoke")
     if family not in _EPS:
         raise LuringError(f"no experiment protocol for data set family {family!r}")
     out = copy.deepcopy(PROFILES[name](family))

@@ -79,7 +79,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
-    """Load ``state`` into ``model`` strictly; mismatched keys or shapes are a LuringError."""
+    """Load ``state`` into ``model`` strictly; mismatched keys or shapes, and NaN or infinite
+    values (damaged weights, or a training that diverged), are a LuringError."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -96,6 +97,13 @@ def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor], source: 
                 f"{source} does not match the architecture: {k} has shape {tuple(v.shape)}, "
                 f"expected {tuple(own[k].shape)}"
             )
+    bad = [k for k, v in state.items()
+           if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise LuringError(f"{source} holds NaN or infinite values ({bad[0]}"
+                          f"{f' and {len(bad) - 1} more tensors' if len(bad) > 1 else ''}): the "
+                          "weights are damaged or their training diverged; retrain or re-export "
+                          "them")
     model.load_state_dict(state, strict=True)
     return model
 

@@ -31,9 +31,13 @@ from luring.utils import (
     versions,
 )
 
-__all__ = ["read_weights", "import_target", "accuracy_on_loader", "TORCH_SUFFIXES"]
+__all__ = ["read_weights", "import_target", "accuracy_on_loader", "chance_warning",
+           "TORCH_SUFFIXES", "CHANCE_FACTOR"]
 
 TORCH_SUFFIXES = (".pth", ".pt")
+#: A measured accuracy ≤ CHANCE_FACTOR / (number of classes) is "at chance level": the
+#: weights do not fit the data as it is read (``import_target`` warns).
+CHANCE_FACTOR = 1.5
 _WRAPPERS = ("state_dict", "model_state_dict", "model")
 
 
@@ -127,7 +131,9 @@ def import_target(dataset: str, weights: str | os.PathLike, out: str | os.PathLi
     ``mobilenetv2`` for image folders) built for ``dataset``'s shape and classes, measure its
     test accuracy on ``images`` test images (a seeded random subset; default all) and write
     the target directory ``out`` (``model.json`` last: it marks a finished target). Returns
-    ``{"test_accuracy", "n_test", "architecture", "arch_kwargs", "out", "seconds"}``."""
+    ``{"test_accuracy", "n_test", "architecture", "arch_kwargs", "out", "seconds",
+    "warning"}``; ``warning`` (also in report.md and results.json) is :func:`chance_warning`'s
+    line when the accuracy is at chance level, else None."""
     from luring.data import dataset_classes, get_spec, open_dataset
     from luring.data.imagefolder import make_loader
 
@@ -168,6 +174,7 @@ def import_target(dataset: str, weights: str | os.PathLike, out: str | os.PathLi
     loader = make_loader(test, batch_size, workers)
     correct, n = accuracy_on_loader(model, loader, dev, desc=f"import-target {dataset}")
     acc = correct / n
+    warning = chance_warning(acc, n, len(classes), dataset)
     seconds = time.perf_counter() - t0
     wpath = Path(weights)
     config = {"command": "import-target", "dataset": dataset, "data_dir": data_dir,
@@ -179,7 +186,7 @@ def import_target(dataset: str, weights: str | os.PathLike, out: str | os.PathLi
     atomic_write_json(outp / "config.json", config)
     atomic_write_json(outp / "results.json", {
         "test_accuracy": acc, "n_test": n, "correct": correct, "seconds": seconds,
-        "history": [], "versions": versions()})
+        "history": [], "versions": versions(), "warning": warning})
     subset = f"a seeded random subset (seed {seed}) of {n} of the {n_all}" if n < n_all \
         else f"all {n}"
     atomic_write_text(outp / "report.md", (
@@ -187,10 +194,25 @@ def import_target(dataset: str, weights: str | os.PathLike, out: str | os.PathLi
         f"Architecture `{name}` {kwargs or ''}, weights `{wpath}` (sha256 "
         f"{config['weights_sha256'][:16]}…), not trained here.\n\n"
         f"**Test accuracy: {acc:.4f}** (n = {n}: {subset} test images), measured on "
-        f"{dev} in {seconds:.1f} s.\n"))
+        f"{dev} in {seconds:.1f} s.\n" + (f"\n**Warning:** {warning}\n" if warning else "")))
     save_checkpoint(model, outp, "model", architecture=name, input_shape=spec.shape,
                     classes=list(classes), dataset=dataset, test_accuracy=acc, config=config,
                     seed=seed, arch_kwargs=kwargs,
                     extra={"n_test": n, "imported_from": str(wpath.resolve())})
     return {"test_accuracy": acc, "n_test": n, "architecture": name, "arch_kwargs": kwargs,
-            "out": str(outp), "seconds": seconds}
+            "out": str(outp), "seconds": seconds, "warning": warning}
+
+
+def chance_warning(accuracy: float, n: int, num_classes: int, dataset: str) -> str | None:
+    """A warning line when ``accuracy`` (in [0, 1], on ``n`` images) is at chance level for
+    ``num_classes`` classes (≤ :data:`CHANCE_FACTOR` / ``num_classes``), naming the likely
+    causes; None otherwise."""
+    limit = CHANCE_FACTOR / max(num_classes, 1)
+    if accuracy > limit:
+        return None
+    return (f"the measured test accuracy {100 * accuracy:.1f}% (n = {n}) is at chance level for "
+            f"{num_classes} classes (≤ {100 * limit:.3g}%): these weights do not fit {dataset} "
+            "as it is read here. Likely causes: another class order (output i must be the i-th "
+            "class, for image folders the i-th class folder sorted by name), another input "
+            "normalisation (--normalize imagenet|symmetric|none for MobileNetV2), or another "
+            "data set than the one the weights were trained on (--dataset)")

@@ -48,7 +48,8 @@ APPROACHES = ("stack", "auto", "ce", "luring")
 ATTACK_ORDER = ("fgsm", "pgd", "mim", "mim-l2", "spsa", "eco", "mim-w", "worst-case")
 #: Display names, as the paper writes them.
 NAMES = {"target": "Target (M)", "stack": "Stack", "auto": "Auto", "ce": "C_E",
-         "luring": "Luring", "fgsm": "FGSM", "pgd": "PGD", "mim": "MIM", "mim-l2": "MIM-L2",
+         "luring": "Luring", "luring-neutral": "Luring (neutral)", "fgsm": "FGSM", "pgd": "PGD",
+         "mim": "MIM", "mim-l2": "MIM-L2",
          "spsa": "SPSA", "eco": "ECO", "mim-w": "MIM-W", "worst-case": "worst case"}
 DASH = "—"
 #: AC_MoP above which an attack is said to have failed on T: the same limit as
