@@ -16,3 +16,17 @@ def tiny(seed: int = 0) -> nn.Module:
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.5)
     return model.eval()
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """``luring`` with ``argv`` in this process: (exit code, stdout, stderr)."""
+    from luring.cli.main import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> bool:
+    """Is ``err`` a single line without a traceback (the CLI's error contract)?"""
+    return len(err.strip().splitlines()) == 1 and "Traceback" not in err

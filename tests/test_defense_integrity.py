@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import one_line, run_cli
 
 import luring.data
 from luring.cli.main import main
@@ -24,16 +25,6 @@ from luring.errors import LuringError
 from luring.models import build, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def run_cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> bool:
-    return len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def snapshot(d: Path) -> dict[str, bytes]:

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import one_line, run_cli
 from PIL import Image
 from safetensors.torch import save_file
 
-from luring.cli.main import main
 from luring.defense import TrainedDefense, defense_settings, save_defense
 from luring.defense.inputs import read_inputs
 from luring.errors import LuringError
@@ -23,16 +23,6 @@ from luring.models.importing import chance_warning
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 META = {"architecture": "mnist-target", "input_shape": [1, 28, 28], "num_classes": 10}
-
-
-def run_cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line(err: str) -> bool:
-    return len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
 def grey16(seed: int = 0, shape: tuple[int, int] = (28, 28)) -> np.ndarray:

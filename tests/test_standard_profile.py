@@ -59,11 +59,16 @@ def test_standard_evaluation_is_sized_to_decide_and_says_what_it_leaves_out():
     lines = differences_from_paper(s, "mnist-5k")
     assert any(line.startswith("SPSA and ECO left out of the defend tables") for line in lines)
     assert any(line.startswith("luring-neutral loss: first term bounded") for line in lines)
-    # the quick profile keeps its query attacks and says nothing of the kind
+    # the demo's quick profile: n = 200 per cell, MIM-W alone too (said so); the smoke
+    # profile (tests) runs every defend attack and says nothing of the kind
     q = resolve_profile("quick", "mnist")
-    assert "attacks" not in q["defend"]
-    assert not any("left out of the defend" in line for line in differences_from_paper(
+    assert q["defend"]["n"] >= 200 and q["defend"]["attacks"] == ["mim-w"]
+    assert any("left out of the defend" in line for line in differences_from_paper(
         q, "mnist-5k"))
+    sm = resolve_profile("smoke", "mnist")
+    assert sm["defend"]["attacks"] == ["spsa", "eco", "mim-w"]
+    assert not any("left out of the defend" in line for line in differences_from_paper(
+        sm, "mnist-5k"))
 
 
 def test_quick_profile_settings_are_unchanged_by_the_variants():

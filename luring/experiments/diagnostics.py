@@ -87,7 +87,8 @@ def _checks(m: dict[str, Any], cfg: dict[str, Any], n: int) -> dict[str, Any]:
         "unbounded": {"flagged": m["ac_mop_eps1"] > 0, "ac_mop": m["ac_mop_eps1"]},
         "gradient_free": {"flagged": m["ac_mop_spsa"] < m["ac_mop_gradient"],
                           "ac_mop_spsa": m["ac_mop_spsa"],
-                          "ac_mop_gradient": m["ac_mop_gradient"]},
+                          "ac_mop_gradient": m["ac_mop_gradient"],
+                          "n_spsa": m.get("n_spsa", n)},
     }
     out["flagged"] = [k for k, v in out.items() if v["flagged"]]
     out["n"] = n
@@ -122,14 +123,16 @@ def run_diagnostics(run: RunDir, target: torch.nn.Module, defenses: dict[str, di
             known = (outcomes or {}).get((s, a, "spsa", eps_mid))
             if known is not None:
                 meta["ac_mop_spsa"] = float(known["t_ok"].float().mean())
-            else:
+            else:  # its own SPSA, on the first ``spsa_n`` images (default all)
                 sseed = unit_seed(seed, s, a, "spsa", eps_mid)
+                k = int(cfg.get("spsa_n") or len(x))
 
-                def spsa(m=model, u=sseed):
-                    return _spsa_unit(m, x, y, eps_mid, spsa_cfg, u)
+                def spsa(m=model, u=sseed, k=k):
+                    return _spsa_unit(m, x[:k], y[:k], eps_mid, spsa_cfg, u)
 
                 meta |= run.unit("diagnostics", f"s{s}-{a}-spsa", spsa,
-                                 {"run": ident, "spsa": spsa_cfg, "eps": eps_mid})[1]
+                                 {"run": ident, "spsa": spsa_cfg, "eps": eps_mid, "n": k})[1]
+                meta["n_spsa"] = min(k, len(x))
             per[str(s)] = _checks(meta, cfg, len(y))
         flagged = sorted({f for c in per.values() for f in c["flagged"]})
         out[a] = {"eps": eps_mid, "seeds": per, "flagged": flagged}
