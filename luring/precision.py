@@ -165,13 +165,14 @@ def measure(model: nn.Module, sample_shape: tuple[int, ...], device: torch.devic
     shape ``sample_shape`` (C, H, W), per supported precision (fp32 and the candidates)."""
     dev = torch.device(device)
     x = torch.rand((batch, *sample_shape), generator=torch.Generator().manual_seed(0)).to(dev)
-    was = model.training
-    model.eval()
+    modes = [(m, m.training) for m in model.modules()]  # each submodule's own mode (M inside
+    model.eval()                                        # T stays in eval when P trains)
     try:
         return {p: _time(model, x, p, reps) for p in ("fp32", "bf16", "fp16")
                 if _supported(p, dev)}
     finally:
-        model.train(was)
+        for m, mode in modes:
+            m.training = mode
 
 
 def resolve(precision: str | None, model: nn.Module | None = None,

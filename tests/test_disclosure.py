@@ -171,7 +171,7 @@ def test_quick_and_smoke_keep_their_lines():
     assert "luring P trained 20 epochs, batch 32, Adam from 0.006 (cosine) (paper: 64 epochs, " \
         "batch 64, 0.001)" in quick
     assert sum(" P trained " in d for d in quick) == 4
-    assert has(quick, "defend.n = 50 (paper: 1000)") and has(quick, "mnist-5k (4,000 training")
+    assert has(quick, "defend.n = 200 (paper: 1000)") and has(quick, "mnist-5k (4,000 training")
     assert has(quick, "ce, luring P kept as an exponential moving average (decay 0.995)")
     assert has(quick, "ce P: label-free random shifts (±8% of the side)")
     assert has(quick, "quick profile (mnist-5k, 2-core CPU")

@@ -114,7 +114,7 @@ def test_profiles():
     quick = resolve_profile("quick", "mnist")
     diffs = differences_from_paper(quick, "mnist-5k")
     assert any("mnist-5k" in d for d in diffs)
-    assert any(d.startswith("defend.n = 50 (paper: 1000)") for d in diffs)
+    assert any(d.startswith("defend.n = 200 (paper: 1000)") for d in diffs)
     # every approach's shortened P training is stated against appendix B
     assert "luring P trained 20 epochs, batch 32, Adam from 0.006 (cosine) (paper: 64 epochs, " \
         "batch 64, 0.001)" in diffs

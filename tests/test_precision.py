@@ -188,3 +188,18 @@ def test_matmul_peak_and_flops_are_positive():
     fr = fractions({"mim": 1000.0}, flops, {"fp32": 100.0, "bf16": 400.0}, "bf16", "bf16")
     assert math.isclose(fr["mim"]["fraction_of_peak"],
                         1000 * flops["fwd_bwd_input_m"] / 1e9 / 400.0)
+
+
+def test_auto_timing_leaves_every_submodule_in_its_mode():
+    """``auto`` times the model in eval mode and restores each submodule's own mode: a frozen
+    M (eval, BatchNorm statistics fixed) inside T = M∘P stays in eval while P trains."""
+    prec._cache.clear()
+    m = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(),
+                            torch.nn.LazyLinear(3)).eval()
+    m(torch.rand(2, 1, 8, 8))
+    p = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1)).train()
+    t = torch.nn.Sequential(p, m)
+    stats = m[1].running_mean.clone()
+    prec.resolve("auto", t, "cpu", (1, 8, 8))
+    assert t.training and p.training and not m.training and not m[1].training
+    assert torch.equal(m[1].running_mean, stats)

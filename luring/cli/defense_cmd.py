@@ -177,6 +177,10 @@ def _train_on(args: argparse.Namespace, target_dir: Path, device) -> int:
         raise LuringError(f"the target takes {tuple(tmeta['input_shape'])} images but {dataset} "
                           f"has {spec.shape}; pass the --dataset it was trained on")
     if args.method == TRAPDOOR:
+        if tmeta.get("factory"):  # a user's architecture (luring.models.user)
+            raise LuringError(f"--method trapdoor trains the paper's architectures (mnist-, "
+                              f"svhn-, cifar10-target); M's is your own "
+                              f"({tmeta['architecture']}): choose another --method")
         if distributed.world_size() > 1:
             raise LuringError("--method trapdoor trains in one process; start it without "
                               "torchrun")

@@ -45,19 +45,38 @@ _MOBILENETS = ("mobilenetv2", "imagenet-target")
 def _register_import(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "import-target", help="turn your own weights into a target directory",
-        description="Load a weights file into a registered architecture, measure its test "
-        "accuracy on the data set and write model.safetensors + model.json (with the accuracy "
-        "and n), config.json, results.json and report.md into --out: a target directory for "
-        "train-defense, attack and reproduce --target. Weights: .safetensors, or .pth/.pt "
-        "read with torch.load(weights_only=True) (no code is unpickled). Example: "
-        "torchvision's MobileNetV2 ImageNet weights with --dataset imagenet.")
+        description="Load a weights file into an architecture (built in, your own "
+        "module:callable, torchvision:NAME, timm:NAME, or a TorchScript file), measure its "
+        "test accuracy on the data set and write model.safetensors + model.json (with the "
+        "accuracy and n, and how to rebuild the model), config.json, results.json and "
+        "report.md into --out: a target directory for train-defense, attack and reproduce "
+        "--target. Weights: .safetensors, or .pth/.pt read with torch.load(weights_only=True) "
+        "(no code is unpickled). The model receives images in [0, 1]; --mean/--std put its "
+        "normalisation inside. Example: torchvision's MobileNetV2 ImageNet weights with "
+        "--dataset imagenet.")
     p.add_argument("--dataset", required=True,
                    help="data set name (e.g. imagenet, imagefolder, imagefolder-64x48)")
     p.add_argument("--data-dir", default=None, help="data root (default $LURING_DATA or cache); "
                    "for imagefolder the folder holding train/ and test/")
     p.add_argument("--arch", default=None, help="architecture (default: the data set's "
-                   "target; mobilenetv2 for image folders)")
-    p.add_argument("--weights", required=True, help="weights file (.safetensors, .pth, .pt)")
+                   "target; mobilenetv2 for image folders; torchscript for a TorchScript "
+                   "file): a registered name, module:callable (a factory or class in your "
+                   "module, imported by name: put its folder on PYTHONPATH, e.g. PYTHONPATH=. "
+                   "luring ...; called with in_channels/num_classes when it declares them), "
+                   "torchvision:NAME or timm:NAME (when installed), or torchscript (--weights "
+                   "is then a torch.jit.save file, loaded with torch.jit.load)")
+    p.add_argument("--weights", required=True, help="weights file (.safetensors, .pth, .pt), "
+                   "or a TorchScript file (.pt) for --arch torchscript")
+    p.add_argument("--mean", type=_floats, default=None, metavar="M[,M...]",
+                   help="the model expects normalised inputs: per-channel mean (one value, or "
+                   "one per channel) on the [0, 1] scale, e.g. 0.485,0.456,0.406; images stay "
+                   "in [0, 1] outside, a Normalize layer inside the stored model applies it")
+    p.add_argument("--std", type=_floats, default=None, metavar="S[,S...]",
+                   help="per-channel std (> 0) of the normalisation, e.g. 0.229,0.224,0.225 "
+                   "(a model taking 0-255 pixels: --std 0.00392156862745098)")
+    p.add_argument("--output-key", default=None, metavar="KEY",
+                   help="the model returns a tuple, dict or object: take its entry KEY (an "
+                   "index such as 0, or a key/attribute name such as logits) as the logits")
     p.add_argument("--image-size", default=None, metavar="HxW",
                    help="imagefolder only: the size images are read at (default 224x224)")
     p.add_argument("--channels", type=int, choices=[1, 3], default=None,
@@ -101,25 +120,49 @@ def _dataset_name(dataset: str, image_size: str | None, channels: int | None) ->
     return name
 
 
+def _floats(text: str) -> list[float]:
+    """``--mean``/``--std``: comma-separated finite numbers."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}"
+                                         ) from None
+    if not all(v == v and abs(v) != float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
+
+
 def run_import(args: argparse.Namespace) -> int:
     from luring.data import get_spec
     from luring.errors import LuringError
     from luring.models import default_architectures
+    from luring.models.adapt import parse_output_key
     from luring.models.importing import import_target
+    from luring.models.scripted import TORCHSCRIPT, is_torchscript_file
 
     dataset = _dataset_name(args.dataset, args.image_size, args.channels)
     spec = get_spec(dataset)
-    arch = args.arch or default_architectures(spec.family, spec.shape)[0]
+    arch = args.arch or (TORCHSCRIPT if is_torchscript_file(args.weights) else
+                         default_architectures(spec.family, spec.shape)[0])
+    normalised = args.mean is not None or args.std is not None
+    for name, values in (("--mean", args.mean), ("--std", args.std)):
+        if values is not None and len(values) not in (1, spec.shape[0]):
+            raise LuringError(f"{name} takes one value per channel of {dataset}'s images "
+                              f"({spec.shape[0]}) or one for all, got {len(values)}")
     kwargs = {}
     if arch in _MOBILENETS:
-        kwargs["normalize"] = args.normalize or "imagenet"
+        if normalised and args.normalize not in (None, "none"):
+            raise LuringError("pass either --normalize or --mean/--std, not both")
+        kwargs["normalize"] = args.normalize or ("none" if normalised else "imagenet")
     elif args.normalize is not None:
         raise LuringError(f"--normalize applies to MobileNetV2 ({', '.join(_MOBILENETS)}), "
-                          f"not {arch}")
+                          f"not {arch}; use --mean/--std")
+    key = parse_output_key(args.output_key) if args.output_key is not None else None
     info = import_target(dataset, args.weights, args.out, arch=arch, arch_kwargs=kwargs,
                          data_dir=args.data_dir, images=args.images, seed=args.seed,
                          device=args.device, batch_size=args.batch_size,
-                         workers=args.workers, force=args.force)
+                         workers=args.workers, force=args.force, input_mean=args.mean,
+                         input_std=args.std, output_key=key)
     print(f"test accuracy {info['test_accuracy']:.4f} (n={info['n_test']}) of {arch} on "
           f"{dataset} → {info['out']}")
     if info.get("warning"):

@@ -10,15 +10,18 @@ Defense directory (contract with the other stages, format ``luring-defense/1``):
   held-out unlabelled clean images (``luring.defense.calibrate``; ``split`` says which
   images). Directories written before the detector existed have no ``detector``: they load
   with the paper rule (flag when T and M disagree) and a note;
-* ``target.safetensors/.json``: a copy of M; ``component.safetensors/.json``: P;
-  for ``stack`` also ``head.safetensors/.json`` (the classifier retrained with P);
+* ``target.safetensors/.json``: a copy of M (a TorchScript M also ``target.pt``, its file;
+  a user's ``module:callable`` M is rebuilt by importing its module, see
+  :mod:`luring.models.user`); ``component.safetensors/.json``: P; for ``stack`` also
+  ``head.safetensors/.json`` (the classifier retrained with P);
 * ``calibration.safetensors``: T's and M's logits on the calibration images and their
   indices (what ``detect(rule=..., fpr=...)`` recalibrates from);
 * ``config.json`` (how the run was asked for), ``results.json`` (the clean figures) and
   ``report.md`` (human summary).
 
 ``defense.json`` also records ``fingerprints`` (``luring.utils.fingerprint`` of each
-``*.safetensors`` file's state dict): :func:`load` refuses a swapped or damaged file.
+``*.safetensors`` file's state dict, and the SHA-256 of ``target.pt``/``head.pt``):
+:func:`load` refuses a swapped or damaged file.
 
 The directory is written into a hidden sibling staging directory and then renamed into place
 as a whole (:mod:`luring.defense.publish`): an interrupted or failed run leaves any previous

@@ -51,6 +51,8 @@ def _onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if any(isinstance(m, torch.jit.ScriptModule) for m in model.modules()):
+            model = torch.jit.trace(model, (example,))  # a TorchScript M: export the whole trace
         torch.onnx.export(model, (example,), buf, dynamo=False, input_names=["images"],
                           output_names=["logits"], opset_version=OPSET,
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})

@@ -18,7 +18,8 @@ Writing (``luring train-defense``, :func:`~luring.defense.save_defense`, ``save_
   ``OSError`` (a full disk, no permission) is a one-line LuringError; ``OUT`` stays as it was.
 
 Reading: :func:`verify_fingerprints` refuses a file whose fingerprint is not the recorded one
-(a swapped or damaged file); directories written before fingerprints existed load as before.
+(a swapped or damaged file; a TorchScript M's ``target.pt`` by its SHA-256); directories
+written before fingerprints existed load as before.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import contextlib
 import ctypes
 import errno
 import functools
+import hashlib
 import os
 import secrets
 import shutil
@@ -47,7 +49,8 @@ except ImportError:  # pragma: no cover - not a POSIX system: the lock file's ex
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["FORMAT", "OWN_FILES", "OutputClaim", "publish", "write_defense",
-           "stamp_fingerprints", "verify_fingerprints", "file_fingerprint", "is_defense_dir"]
+           "stamp_fingerprints", "verify_fingerprints", "file_fingerprint",
+           "script_fingerprint", "is_defense_dir"]
 
 FORMAT = "luring-defense/1"
 #: The files the defense writers produce (M∘P defenses and trapdoor ones). Any other file of
@@ -55,8 +58,8 @@ FORMAT = "luring-defense/1"
 OWN_FILES = frozenset(
     [f"{n}.{e}" for n in ("target", "component", "head", "model") for e in ("safetensors",
                                                                                "json")]
-    + ["calibration.safetensors", "trapdoor.safetensors", "defense.json", "config.json",
-       "results.json", "report.md"])
+    + ["target.pt", "head.pt", "calibration.safetensors", "trapdoor.safetensors",
+       "defense.json", "config.json", "results.json", "report.md"])
 _STAGING, _LEGACY_STAGING, _ASIDE = ".staging-", ".partial-", ".old-"
 _AT_FDCWD, _RENAME_NOREPLACE, _RENAME_EXCHANGE = -100, 1, 2
 
@@ -220,23 +223,32 @@ def file_fingerprint(path: Path) -> str:
     return fingerprint(load_state_dict_file(path))
 
 
+def script_fingerprint(path: Path) -> str:
+    """``sha256:`` + the SHA-256 of a checkpoint's TorchScript file (a TorchScript M's code)."""
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def stamp_fingerprints(directory: Path) -> None:
     """Record the fingerprint of every ``*.safetensors`` file of ``directory`` in its
-    ``defense.json`` (``"fingerprints"``, keyed by the file's stem); no-op without one."""
+    ``defense.json`` (``"fingerprints"``, keyed by the file's stem; a checkpoint's ``NAME.pt``
+    keyed ``NAME.pt``, :func:`script_fingerprint`); no-op without one."""
     meta_path = directory / "defense.json"
     if not meta_path.is_file():
         return
     meta = read_json(meta_path)
     meta["fingerprints"] = {p.stem: file_fingerprint(p)
-                            for p in sorted(directory.glob("*.safetensors"))}
+                            for p in sorted(directory.glob("*.safetensors"))} | {
+        p.name: script_fingerprint(p) for p in sorted(directory.glob("*.pt"))
+        if (directory / f"{p.stem}.safetensors").is_file()}
     atomic_write_json(meta_path, meta)
 
 
 def verify_fingerprints(directory: str | os.PathLike, meta: dict[str, Any],
                         names: tuple[str, ...] | None = None) -> None:
     """Refuse (one-line LuringError naming the file) a ``NAME.safetensors`` file of a defense
-    directory whose fingerprint is not the one ``defense.json`` (``meta``) records; ``names``:
-    the files to check (default: every recorded one). A directory without recorded
+    directory whose fingerprint is not the one ``defense.json`` (``meta``) records, and a
+    ``NAME.pt`` (TorchScript) file when one is recorded; ``names``: the checkpoints to check
+    (default: every recorded file). A directory without recorded
     fingerprints (written before they existed) passes; a missing or unreadable file is left
     to its loader to report."""
     d = Path(directory)
@@ -246,11 +258,12 @@ def verify_fingerprints(directory: str | os.PathLike, meta: dict[str, Any],
     if not isinstance(recorded, dict):
         raise LuringError(f"{d / 'defense.json'} has malformed fingerprints; retrain the "
                           "defense")
-    for name in sorted(recorded) if names is None else [n for n in names if n in recorded]:
-        p = d / f"{name}.safetensors"
+    for name in sorted(recorded) if names is None else [
+            k for n in names for k in (n, f"{n}.pt") if k in recorded]:
+        p = d / (name if name.endswith(".pt") else f"{name}.safetensors")
         try:
-            got = file_fingerprint(p)
-        except LuringError:
+            got = script_fingerprint(p) if name.endswith(".pt") else file_fingerprint(p)
+        except (LuringError, OSError):
             continue
         if got != recorded[name]:
             raise LuringError(f"{p} is not the file this defense was written with (fingerprint "

@@ -34,7 +34,8 @@ from luring.metrics import rate
 from luring.models import predict_labels, predict_logits
 from luring.utils import progress
 
-__all__ = ["run_adaptive", "adaptive_family", "TRANSFER_ATTACKS"]
+__all__ = ["run_adaptive", "adaptive_family", "TRANSFER_ATTACKS", "every_attack_rows",
+           "ALL_WORST_PARTS"]
 
 TRANSFER_ATTACKS = ("ni-fgsm", "si-ni-fgsm", "vmi-fgsm", "vni-fgsm")
 
@@ -124,6 +125,35 @@ def _substitute_unit(model, target, x, y, pool, settings, cfg, seed):
         tensors |= {f"eps{e}_all_{k}": v for k, v in every.items()}
         meta["best"][str(e)] = best_setting
     return tensors, meta
+
+
+#: Attacks whose per-example outcomes make the worst case over every attack of a run.
+ALL_WORST_PARTS = ("worst-case", "adaptive-worst", "substitute")
+
+
+def every_attack_rows(outcomes: dict[tuple, dict[str, torch.Tensor]], approaches: list[str],
+                      eps_values: list[float], seeds: list[int]) -> list[dict[str, Any]]:
+    """``all-worst``: per approach and ε, the per-example worst case over every attack the
+    run made on the same images (defend's MIM-W grid and query attacks, the adaptive family,
+    the substitute): an example is defended only if it survives all of them. Adds the
+    outcomes ``(seed, approach, "all-worst", ε)`` to ``outcomes`` (for the paired verdict)
+    and returns the rows (experiment ``adaptive``)."""
+    rows = []
+    for a in approaches:
+        for e in eps_values:
+            per = []
+            for s in seeds:
+                parts = [outcomes[(s, a, k, e)] for k in ALL_WORST_PARTS
+                         if (s, a, k, e) in outcomes]
+                if len(parts) < 2:
+                    break
+                b = {k: torch.stack([p[k].bool().reshape(-1).cpu() for p in parts]).all(0)
+                     for k in ("t_ok", "m_ok", "defended")}
+                outcomes[(s, a, "all-worst", e)] = b
+                per.append(_rates(**b))
+            if len(per) == len(seeds) and per:
+                rows.append(aggregate("adaptive", a, "all-worst", e, per, seeds=seeds))
+    return rows
 
 
 def _rates(t_ok: torch.Tensor, m_ok: torch.Tensor, defended: torch.Tensor) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from luring.attacks.base import default_chunk
 from luring.data import get_spec, load
 from luring.errors import LuringError
 from luring.experiments import shards
-from luring.experiments.adaptive import run_adaptive
+from luring.experiments.adaptive import every_attack_rows, run_adaptive
 from luring.experiments.analysis import logits_lines, run_distortion, run_logits, run_saliency
 from luring.experiments.characterize import run_characterize
 from luring.experiments.common import select_images
@@ -287,13 +287,16 @@ def _experiments(ctx: _Context, defenses: dict, experiments: tuple[str, ...], *,
                                                ident | {"pool": pool_idx}, roc)
         results["rows"] += rows
         outcomes |= adaptive_outcomes
+        results["rows"] += every_attack_rows(outcomes, list(defenses), settings["eps"],
+                                             seed_list)
         results["diagnostics"] = run_diagnostics(run, target, defenses, x, y.cpu(),
                                                  settings, seed, ident, outcomes)
     if roc:
         results["roc"] = roc
     if outcomes and final:
         results["verdict"] = paired_verdict(
-            outcomes, ["mim-w", "worst-case", "adaptive-w", "adaptive-worst", "substitute"],
+            outcomes, ["mim-w", "worst-case", "adaptive-w", "adaptive-worst", "substitute",
+                       "all-worst"],
             settings["eps"], list(defenses), seed_list)
     if "distortion" in experiments and (first or final):
         x, y, ident = images(settings["distortion"]["n"], "distortion")

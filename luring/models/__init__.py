@@ -1,7 +1,11 @@
 """Target models M and defense components P: the paper's architectures (also MobileNetV2 and
 the table-15 P for ImageNet), a default P for any image size, safe checkpoints, target
-training (also PGD adversarial training) and the import of a user's own weights."""
+training (also PGD adversarial training) and the import of a user's own weights and
+architectures (:func:`register_architecture`, ``module:callable``, TorchScript files,
+normalisation and output selection: :mod:`luring.models.user`, :mod:`luring.models.adapt`,
+:mod:`luring.models.scripted`)."""
 
+from luring.models.adapt import Adapted, Normalize
 from luring.models.architectures import (
     ARCHITECTURES,
     ArchSpec,
@@ -22,8 +26,13 @@ from luring.models.checkpoint import (
 from luring.models.importing import import_target, read_weights
 from luring.models.mobilenet import MobileNetV2
 from luring.models.predict import model_device, predict_labels, predict_logits
+from luring.models.user import register_architecture, unregister_architecture
 
 __all__ = [
+    "Adapted",
+    "Normalize",
+    "register_architecture",
+    "unregister_architecture",
     "ARCHITECTURES",
     "ArchSpec",
     "Stacked",

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from luring.errors import LuringError
+from luring.models.adapt import adapt, split_adapt_kwargs
 from luring.models.components import DefaultComponent
 from luring.models.mobilenet import MobileNetV2
 
@@ -193,8 +194,10 @@ class Stacked(nn.Module):
 @dataclass(frozen=True)
 class ArchSpec:
     """A registered architecture: its role (``target`` or ``component``), the input shape it
-    accepts (C, H, W; the typical one for size-agnostic models), its constructor
-    ``make(in_channels, num_classes, **kw)``, the paper's table (0: none) and a description."""
+    accepts (C, H, W; the typical one for size-agnostic models; (0, 0, 0): not declared, a
+    user's factory), its constructor ``make(in_channels, num_classes, **kw)``, the paper's
+    table (0: none), a description, the number of classes it always outputs (None: it takes
+    ``num_classes``, or unknown) and, for a user's factory, its ``module:qualname``."""
 
     name: str
     role: str
@@ -202,6 +205,8 @@ class ArchSpec:
     make: Callable[..., nn.Module]
     paper_table: int
     description: str
+    num_classes: int | None = None
+    source: str | None = None
 
 
 ARCHITECTURES: dict[str, ArchSpec] = {
@@ -265,8 +270,14 @@ def default_component(in_channels: int, height: int, width: int,
 
 
 def arch_spec(name: str) -> ArchSpec:
-    """The :class:`ArchSpec` for ``name``: a registered one or ``default-component-HxW``;
-    an unknown name is a LuringError listing the known names."""
+    """The :class:`ArchSpec` for ``name``: a registered one, ``default-component-HxW``, or
+    one of a user's (:mod:`luring.models.user`: ``module:callable``, ``torchvision:NAME``,
+    ``timm:NAME``, ``torchscript``); an unknown name is a LuringError listing the known
+    names."""
+    from luring.models import user
+
+    if name not in ARCHITECTURES and user.is_dynamic(name):
+        return user.dynamic_spec(name)
     m = _DEFAULT_COMPONENT.fullmatch(name) if isinstance(name, str) else None
     if m and name not in ARCHITECTURES:
         h, w = int(m.group(1)), int(m.group(2))
@@ -275,17 +286,25 @@ def arch_spec(name: str) -> ArchSpec:
                         f"default encoder/decoder planned for {h}x{w} images")
     if name not in ARCHITECTURES:
         known = ", ".join(sorted(ARCHITECTURES))
-        raise LuringError(f"unknown architecture {name!r}; choose one of: {known}, or "
-                          "default-component-HxW")
+        raise LuringError(f"unknown architecture {name!r}; choose one of: {known}, "
+                          "default-component-HxW, module:callable (a factory in your module), "
+                          "torchvision:NAME, timm:NAME or torchscript")
     return ARCHITECTURES[name]
 
 
-def build(name: str, in_channels: int | None = None, num_classes: int = 10,
+def build(name: str, in_channels: int | None = None, num_classes: int | None = None,
           **kwargs) -> nn.Module:
-    """Construct architecture ``name`` (randomly initialised, in train mode)."""
+    """Construct architecture ``name`` (randomly initialised, in train mode) for
+    ``in_channels`` (default: the architecture's) and ``num_classes`` (default: the
+    architecture's fixed count, else 10). ``kwargs``: the architecture's options, and for
+    every architecture :data:`~luring.models.adapt.ADAPT_KEYS` (``input_mean``,
+    ``input_std``, ``output_key``), which wrap the model in
+    :class:`~luring.models.adapt.Adapted`."""
     spec = arch_spec(name)
-    c = spec.input_shape[0] if in_channels is None else in_channels
-    return spec.make(c, num_classes, **kwargs)
+    own, rest = split_adapt_kwargs(kwargs)
+    c = in_channels if in_channels is not None else (spec.input_shape[0] or None)
+    k = num_classes if num_classes is not None else (spec.num_classes or 10)
+    return adapt(spec.make(c, k, **rest), **own)
 
 
 def default_architectures(family: str, shape: Sequence[int] | None = None) -> tuple[str, str]:

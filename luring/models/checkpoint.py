@@ -3,7 +3,9 @@
 A checkpoint ``NAME`` in directory ``DIR`` is two files: ``DIR/NAME.safetensors`` (the state
 dict) and ``DIR/NAME.json`` (the sidecar: ``format``, ``architecture``, ``arch_kwargs``,
 ``dataset``, ``input_shape`` [C, H, W], ``classes``, ``num_classes``, ``test_accuracy``,
-``config``, ``seed``, ``versions``). Both are written atomically, weights first.
+``config``, ``seed``, ``versions``; for a user's architecture also ``factory``). Both are
+written atomically, weights first. A ``torchscript`` checkpoint has a third file,
+``DIR/NAME.pt`` (the TorchScript file, written before the weights).
 """
 
 from __future__ import annotations
@@ -35,15 +37,24 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike, name: str = 
                     config: dict[str, Any] | None = None, seed: int | None = None,
                     arch_kwargs: dict[str, Any] | None = None,
                     extra: dict[str, Any] | None = None) -> Path:
-    """Save ``model``'s state dict and its sidecar. Returns the sidecar's path."""
+    """Save ``model``'s state dict and its sidecar. Returns the sidecar's path. A user's
+    architecture (:mod:`luring.models.user`) adds ``"factory"`` to the sidecar (how a fresh
+    process rebuilds it); ``torchscript`` also writes ``NAME.pt``, the TorchScript file
+    (:func:`luring.models.scripted.write_source`)."""
+    from luring.models import scripted, user
+
     d = Path(directory)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if classes is None and num_classes is not None:
         classes = [str(i) for i in range(num_classes)]
+    arch_kwargs = dict(arch_kwargs or {})
+    if architecture == scripted.TORCHSCRIPT:
+        arch_kwargs = scripted.write_source(model, d / f"{name}.pt", arch_kwargs)
+    factory = user.factory_record(architecture, name)
     sidecar = {
         "format": FORMAT,
         "architecture": architecture,
-        "arch_kwargs": arch_kwargs or {},
+        "arch_kwargs": arch_kwargs,
         "dataset": dataset,
         "input_shape": list(input_shape),
         "classes": classes,
@@ -53,6 +64,8 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike, name: str = 
         "seed": seed,
         "versions": versions(),
     }
+    if factory is not None:
+        sidecar["factory"] = factory
     if extra:
         sidecar.update(extra)
     atomic_write_bytes(d / f"{name}.safetensors", st_save(state))
@@ -123,10 +136,14 @@ def read_sidecar(directory: str | os.PathLike, name: str = "model") -> dict[str,
 def load_checkpoint(directory: str | os.PathLike, name: str = "model", *,
                     device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Build the architecture named in the sidecar, load the weights, return
-    ``(model.eval(), sidecar)``."""
+    ``(model.eval(), sidecar)``. A user's architecture is made buildable first
+    (:func:`luring.models.user.prepare_checkpoint`: its module imported, or ``NAME.pt``
+    read and checked)."""
+    from luring.models.user import prepare_checkpoint
+
     d = Path(directory)
     meta = read_sidecar(d, name)
-    spec = arch_spec(meta["architecture"])
+    spec = arch_spec(prepare_checkpoint(meta, d, name))
     shape = meta.get("input_shape") or list(spec.input_shape)
     num_classes = int(meta.get("num_classes") or 10)
     model = build(spec.name, in_channels=int(shape[0]), num_classes=num_classes,

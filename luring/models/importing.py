@@ -19,8 +19,10 @@ from torch import nn
 from torch.utils.data import Subset
 
 from luring.errors import LuringError
+from luring.models.adapt import adapt, check_logits, split_adapt_kwargs
 from luring.models.architectures import arch_spec, build, default_architectures
 from luring.models.checkpoint import load_state_dict_file, load_weights_into, save_checkpoint
+from luring.models.scripted import TORCHSCRIPT, is_torchscript_file, read_scripted
 from luring.utils import (
     atomic_write_json,
     atomic_write_text,
@@ -108,29 +110,39 @@ def accuracy_on_loader(model: nn.Module, loader: Any, device: torch.device | str
 
 
 def _check_input(model: nn.Module, shape: tuple[int, int, int], arch: str, dataset: str,
-                 device: torch.device) -> None:
+                 device: torch.device, num_classes: int | None = None) -> None:
+    """Run ``model`` on two black images of ``shape``: it must accept them and return
+    (2, ``num_classes``) logits (:func:`~luring.models.adapt.check_logits`)."""
     try:
         with torch.no_grad():
-            out = model(torch.zeros(1, *shape, device=device))
-    except RuntimeError as exc:
+            out = model(torch.zeros(2, *shape, device=device))
+    except LuringError:
+        raise
+    except Exception as exc:  # a user's model may raise anything on a wrong input
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise LuringError(f"architecture {arch} does not accept {dataset}'s "
                           f"{'×'.join(map(str, shape))} images ({first}); pass another "
                           "--arch or --dataset") from None
-    if out.dim() != 2:
-        raise LuringError(f"architecture {arch} returns shape {tuple(out.shape)}, not "
-                          "(N, classes) logits; pass a target architecture")
+    check_logits(out, arch, num_classes, n=2)
 
 
 def import_target(dataset: str, weights: str | os.PathLike, out: str | os.PathLike, *,
                   arch: str | None = None, arch_kwargs: dict[str, Any] | None = None,
                   data_dir: str | os.PathLike | None = None, images: int | None = None,
                   seed: int = 0, device: str | torch.device = "cpu", batch_size: int = 64,
-                  workers: int = 0, force: bool = False) -> dict[str, Any]:
+                  workers: int = 0, force: bool = False, input_mean: Any = None,
+                  input_std: Any = None, output_key: int | str | None = None
+                  ) -> dict[str, Any]:
     """Load ``weights`` into architecture ``arch`` (default: the data set's target, or
-    ``mobilenetv2`` for image folders) built for ``dataset``'s shape and classes, measure its
-    test accuracy on ``images`` test images (a seeded random subset; default all) and write
-    the target directory ``out`` (``model.json`` last: it marks a finished target). Returns
+    ``mobilenetv2`` for image folders; ``torchscript`` when ``weights`` is a TorchScript
+    file) built for ``dataset``'s shape and classes, measure its test accuracy on ``images``
+    test images (a seeded random subset; default all) and write the target directory ``out``
+    (``model.json`` last: it marks a finished target). ``arch`` may be any name
+    :func:`~luring.models.build` takes (``module:callable``, ``torchvision:NAME``,
+    ``timm:NAME``, ``torchscript``: :mod:`luring.models.user`). ``input_mean`` /
+    ``input_std`` (per channel, on the [0, 1] scale) put a normalisation inside the stored
+    model, ``output_key`` takes the logits out of a tuple/dict/object output
+    (:mod:`luring.models.adapt`; recorded in ``arch_kwargs``). Returns
     ``{"test_accuracy", "n_test", "architecture", "arch_kwargs", "out", "seconds",
     "warning"}``; ``warning`` (also in report.md and results.json) is :func:`chance_warning`'s
     line when the accuracy is at chance level, else None."""
@@ -144,27 +156,43 @@ def import_target(dataset: str, weights: str | os.PathLike, out: str | os.PathLi
         raise LuringError(f"{outp} already holds a model; pass --force to replace it or "
                           "choose another --out")
     dev = resolve_device(device)
-    kwargs = dict(arch_kwargs or {})
-    name = arch or default_architectures(spec.family, spec.shape)[0]
+    own = {k: v for k, v in (("input_mean", input_mean), ("input_std", input_std),
+                             ("output_key", output_key)) if v is not None}
+    own, kwargs = split_adapt_kwargs({**(arch_kwargs or {}), **own})
+    scripted_file = is_torchscript_file(weights)
+    name = arch or (TORCHSCRIPT if scripted_file else
+                    default_architectures(spec.family, spec.shape)[0])
     if arch_spec(name).role != "target":
         raise LuringError(f"{name} is a defense component, not a target architecture")
-    state = read_weights(weights)
+    if scripted_file != (name == TORCHSCRIPT):
+        raise LuringError(f"{weights} is a TorchScript file: pass --arch torchscript (or no "
+                          "--arch)" if scripted_file else f"--arch torchscript takes a "
+                          f"TorchScript file (torch.jit.save); {weights} is not one")
+    state = None if scripted_file else read_weights(weights)
     test = open_dataset(dataset, "test", data_dir)
     classes = dataset_classes(dataset, data_dir)
     if not classes:
         raise LuringError(f"{dataset}: the test split has no class folders, so no accuracy "
                           "can be measured; sort the test images into class sub-folders")
-    try:
-        model = build(name, in_channels=spec.shape[0], num_classes=len(classes), **kwargs)
-    except TypeError as exc:
-        raise LuringError(f"architecture {name} does not take {sorted(kwargs)} ({exc})") from None
-    try:
-        load_weights_into(model, state, str(weights))
-    except LuringError as exc:
-        raise LuringError(f"{exc} (the model is built for {len(classes)} classes and "
-                          f"{'×'.join(map(str, spec.shape))} images of {dataset})") from None
-    model = model.to(dev).eval()
-    _check_input(model, spec.shape, name, dataset, dev)
+    if state is None:
+        if kwargs:
+            raise LuringError(f"architecture torchscript takes no options {sorted(kwargs)}")
+        model, sha = read_scripted(weights)
+        kwargs = {"sha256": sha}
+    else:
+        try:
+            model = build(name, in_channels=spec.shape[0], num_classes=len(classes), **kwargs)
+        except TypeError as exc:
+            raise LuringError(f"architecture {name} does not take {sorted(kwargs)} ({exc})"
+                              ) from None
+        try:
+            load_weights_into(model, state, str(weights))
+        except LuringError as exc:
+            raise LuringError(f"{exc} (the model is built for {len(classes)} classes and "
+                              f"{'×'.join(map(str, spec.shape))} images of {dataset})") from None
+    model = adapt(model, **own).to(dev).eval()
+    kwargs.update(own)
+    _check_input(model, spec.shape, name, dataset, dev, len(classes))
     n_all = len(test)  # type: ignore[arg-type]
     if images is not None and images < 1:
         raise LuringError(f"--images must be ≥ 1, got {images}")
@@ -214,5 +242,6 @@ def chance_warning(accuracy: float, n: int, num_classes: int, dataset: str) -> s
             f"{num_classes} classes (≤ {100 * limit:.3g}%): these weights do not fit {dataset} "
             "as it is read here. Likely causes: another class order (output i must be the i-th "
             "class, for image folders the i-th class folder sorted by name), another input "
-            "normalisation (--normalize imagenet|symmetric|none for MobileNetV2), or another "
+            "normalisation (--mean/--std, or --normalize imagenet|symmetric|none for "
+            "MobileNetV2), or another "
             "data set than the one the weights were trained on (--dataset)")

@@ -26,11 +26,13 @@ from luring.report.tables import (
 __all__ = ["adaptive_table", "diagnostics_table", "operating_point_table", "ADAPTIVE_ATTACKS",
            "ATTACK_NAMES"]
 
-ADAPTIVE_ATTACKS = ("adaptive-w", "adaptive-worst", "substitute")
+ADAPTIVE_ATTACKS = ("adaptive-w", "adaptive-worst", "substitute", "all-worst")
 #: Display names of every attack, the adaptive ones included.
 ATTACK_NAMES = _NAMES = NAMES | {"adaptive-w": "adaptive (best setting)",
                   "adaptive-worst": "adaptive (per-example worst case)",
-                  "substitute": "substitute model (queries only)"}
+                  "substitute": "substitute model (queries only)",
+                  "all-worst": "every attack (per-example worst case: MIM-W, query attacks, "
+                               "adaptive family, substitute)"}
 _KEYS = ("ac_mop", "ac_m", "dac", "ac_m_given_fooled")
 
 
