@@ -32,7 +32,7 @@ from torch import nn
 
 from luring.errors import LuringError
 
-__all__ = ["PRECISIONS", "AUTO_MIN_SPEEDUP", "requested", "set_default", "resolve",
+__all__ = ["PRECISIONS", "AUTO_MIN_SPEEDUP", "requested", "set_default", "using", "resolve",
            "autocast", "uses_channels_last", "to_channels_last", "to_contiguous",
            "gradient_twin", "measure", "describe", "check_precision", "training_format"]
 
@@ -55,6 +55,19 @@ def set_default(precision: str | None) -> None:
     """Set the process default (None: back to ``$LURING_PRECISION`` / fp32)."""
     global _default
     _default = None if precision is None else check_precision(precision)
+
+
+@contextlib.contextmanager
+def using(precision: str | None) -> Iterator[None]:
+    """Make ``precision`` the process default for a block, restoring the previous default
+    (not a resolved copy of it) afterwards, whatever happens."""
+    global _default
+    old = _default
+    set_default(precision)
+    try:
+        yield
+    finally:
+        _default = old
 
 
 def requested(precision: str | None = None) -> str:

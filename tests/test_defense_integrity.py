@@ -279,3 +279,20 @@ def test_weak_defense_is_refused_unless_allowed(target_dir, tmp_path, capsys, mo
     assert code == 0 and "wrote" in stdout
     assert "luring: WARNING: T agrees with M on only" in err and "--allow-weak" in err
     load(out)
+
+
+@pytest.mark.parametrize("meta", [None, {}, {"architecture": "mnist-target"}])
+def test_save_defense_names_the_missing_target_meta(meta, tmp_path):
+    """save_defense without M's sidecar keys: one line naming them and where they come from,
+    nothing written."""
+    import torch
+
+    from luring.defense import save_defense, train_defense
+    from luring.defense.settings import defense_settings
+
+    m = build("mnist-target").eval()
+    s = defense_settings("mnist", "luring", "quick") | {"max_steps": 1, "eval_every": 1}
+    d = train_defense(m, torch.rand(16, 1, 28, 28), method="luring", settings=s)
+    with pytest.raises(LuringError, match="target_meta lacks .*input_shape.*load_checkpoint"):
+        save_defense(tmp_path / "d", d, target_meta=meta, dataset="mnist-5k", seed=0)
+    assert not (tmp_path / "d").exists()

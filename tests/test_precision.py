@@ -203,3 +203,14 @@ def test_auto_timing_leaves_every_submodule_in_its_mode():
     prec.resolve("auto", t, "cpu", (1, 8, 8))
     assert t.training and p.training and not m.training and not m[1].training
     assert torch.equal(m[1].running_mean, stats)
+
+
+def test_using_restores_the_previous_default(monkeypatch):
+    monkeypatch.delenv("LURING_PRECISION", raising=False)
+    prec.set_default(None)
+    with prec.using("bf16"):
+        assert prec.requested() == "bf16"
+    assert prec._default is None and prec.requested() == "fp32"
+    with pytest.raises(RuntimeError), prec.using("fp32"):
+        raise RuntimeError
+    assert prec._default is None

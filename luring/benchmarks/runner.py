@@ -171,12 +171,10 @@ def run_benchmark(cfg: BenchConfig, *, device: str | torch.device = "auto", seed
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    before = prec.requested(None)
-    prec.set_default(cfg.precision)  # the MIM-W grid's attacks read the process default
     try:
-        return _run(cfg, dev, seed, demo, say)
+        with prec.using(cfg.precision):  # the MIM-W grid's attacks read the process default
+            return _run(cfg, dev, seed, demo, say)
     finally:
-        prec.set_default(before)
         torch.set_num_threads(threads)
 
 

@@ -261,7 +261,20 @@ def save_defense(directory: str | os.PathLike, trained: TrainedDefense, *,
     (default: ``directory`` is claimed here; a concurrent writer fails); ``detector``: the
     operating point (``defense.json``'s ``detector``; None: the paper rule is used on
     loading); ``calibration``: ``{"t_logits", "m_logits", "index"}`` of the calibration
-    images (written to ``calibration.safetensors``). Returns the directory."""
+    images (written to ``calibration.safetensors``). Returns the directory.
+
+    ``target_meta`` needs ``"architecture"`` (a registered name, ``module:callable`` or
+    ``torchscript``: how a later process rebuilds M) and ``"input_shape"`` (C, H, W);
+    ``"classes"`` / ``"num_classes"`` and ``"arch_kwargs"`` are optional. A missing key is a
+    one-line LuringError."""
+    missing = [k for k in ("architecture", "input_shape")
+               if not isinstance(target_meta, dict) or not target_meta.get(k)]
+    if missing:
+        raise LuringError(
+            f"target_meta lacks {', '.join(missing)}: pass M's checkpoint sidecar "
+            "(luring.models.load_checkpoint(DIR, 'model')[1]), or a dict with 'architecture' "
+            "(a name from luring.models.register_architecture, 'module:callable' or "
+            "'torchscript') and 'input_shape' (C, H, W)")
 
     def write(d: Path) -> None:
         if calibration is not None:

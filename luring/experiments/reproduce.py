@@ -102,14 +102,10 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
                 "seed": seed, "seeds": seed_list,
                 "target": user_target or "trained in models/target",
                 "precision": p, "chunk": default_chunk(dev)}
-    before = prec.requested(None)
-    prec.set_default(p)
-    try:
+    with prec.using(p):  # every model and attack of the run computes in p
         return _run(out, restart, identity, dataset, spec, profile, seed, seed_list,
                     experiments, settings, dev, data_dir, target_dir, x_train, y_train,
                     x_test, y_test, fps, log, started)
-    finally:
-        prec.set_default(before)
 
 
 def run_precision(precision: str | None, out: Path | None, dev: torch.device,
