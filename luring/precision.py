@@ -34,7 +34,8 @@ from luring.errors import LuringError
 
 __all__ = ["PRECISIONS", "AUTO_MIN_SPEEDUP", "requested", "set_default", "using", "resolve",
            "autocast", "uses_channels_last", "to_channels_last", "to_contiguous",
-           "gradient_twin", "measure", "describe", "check_precision", "training_format"]
+           "gradient_twin", "measure", "describe", "check_precision", "training_format",
+           "batch_format"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 #: ``auto`` picks a lower precision only when it is at least this much faster than float32.
@@ -123,6 +124,15 @@ def to_contiguous(*modules: nn.Module | None) -> None:
     for m in modules:
         if isinstance(m, nn.Module):
             m.to(memory_format=torch.contiguous_format)
+
+
+def batch_format(x: torch.Tensor, precision: str) -> torch.Tensor:
+    """A batch (N, C, H, W) in the memory format ``precision`` computes in: channels-last
+    below float32 (matching :func:`gradient_twin` and :func:`training_format`), else as is.
+    Values are unchanged; gradients flow through."""
+    if precision in _DTYPES and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:

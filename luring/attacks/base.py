@@ -352,8 +352,8 @@ class Attack:
         outside a call."""
         twin = self._twin if self._twin is not None else self.gradient_source
         p = self.precision or "fp32"
-        if p != "fp32" and x.dim() == 4 and prec.uses_channels_last(p, twin):
-            x = x.contiguous(memory_format=torch.channels_last)
+        if prec.uses_channels_last(p, twin):
+            x = prec.batch_format(x, p)
         with prec.autocast(p, x.device):
             out = self._logits(x, twin)
         return out.float()

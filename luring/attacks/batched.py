@@ -85,7 +85,7 @@ def run_together(attacks: list[IterativeAttack], x: torch.Tensor, y: torch.Tenso
                 x_in = torch.cat([a.transform_input(p, step)
                                   for a, p in zip(attacks, points, strict=True)])
                 if cl:
-                    x_in = x_in.contiguous(memory_format=torch.channels_last)
+                    x_in = prec.batch_format(x_in, p)
                 with prec.autocast(p, dev):
                     logits = twin(x_in)
                 logits = logits.float()

@@ -121,9 +121,7 @@ def train_substitute(oracle: nn.Module, x_pool: torch.Tensor, *, arch: str = "mn
                     perm = torch.randperm(len(pool), generator=gen)
                     for i in range(0, len(pool), batch_size):
                         idx = perm[i:i + batch_size]
-                        xb = pool[idx].to(dev)
-                        if p != "fp32":
-                            xb = xb.contiguous(memory_format=torch.channels_last)
+                        xb = prec.batch_format(pool[idx].to(dev), p)
                         with prec.autocast(p, dev):
                             out = sub(xb)
                         loss = _loss(out.float(), answers[idx].to(dev))

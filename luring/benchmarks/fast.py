@@ -8,28 +8,19 @@ precision (``env.best == "fp32"``) they are the float32 loops.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from luring import precision as prec
+from luring.benchmarks.env import Env, attack_batch, epoch_batches, p_settings, seeded_build
 from luring.models import Stacked
-
-if TYPE_CHECKING:  # the benchmark's shared state (workloads imports this module)
-    from luring.benchmarks.workloads import Env
 
 __all__ = ["bare_loop_best", "bare_step_p_best", "bare_step_m_best"]
 
 
-def _fmt(x: torch.Tensor, p: str) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if p != "fp32" else x
-
-
 def bare_loop_best(env: Env) -> Callable[[], float]:
     """The plain sign-gradient loop on M in ``env.best`` (autocast + channels-last twin)."""
-    from luring.benchmarks.workloads import attack_batch
-
     x, y = attack_batch(env, env.cfg.batch)
     p = env.best
     model = prec.gradient_twin(env.target, p)
@@ -40,7 +31,7 @@ def bare_loop_best(env: Env) -> Callable[[], float]:
         for _ in range(env.cfg.steps):
             x_adv.requires_grad_(True)
             with prec.autocast(p, env.device):
-                out = model(_fmt(x_adv, p))
+                out = model(prec.batch_format(x_adv, p))
             loss = F.cross_entropy(out.float(), y, reduction="sum")
             (g,) = torch.autograd.grad(loss, x_adv)
             x_adv = x_adv.detach() + alpha * g.sign()
@@ -51,20 +42,19 @@ def bare_loop_best(env: Env) -> Callable[[], float]:
 
 
 def bare_step_p_best(env: Env) -> Callable[[], float]:
-    """:func:`~luring.benchmarks.workloads` ``_bare_step_p`` in ``env.best``."""
-    from luring.benchmarks.workloads import _epoch_batches, _p_settings, _seeded_build
+    """``workloads._bare_step_p`` in ``env.best``."""
     from luring.defense.loss import luring_loss
 
-    s = _p_settings(env)
+    s = p_settings(env)
     x = env.x_train[:env.cfg.train_images].to(env.device)
-    batches = _epoch_batches(len(x), s["batch_size"])
+    batches = epoch_batches(len(x), s["batch_size"])
     lam, lr, p = float(s["lambda"]), float(s["lr"]), env.best
     target = prec.gradient_twin(env.target, p)
 
     def run() -> float:
         with torch.no_grad():
             m_logits = env.target(x)
-        comp = _seeded_build("mnist-component", env.seed).to(env.device).train()
+        comp = seeded_build("mnist-component", env.seed).to(env.device).train()
         if p != "fp32":
             prec.to_channels_last(comp)
         t = Stacked(comp, target)
@@ -73,7 +63,7 @@ def bare_step_p_best(env: Env) -> Callable[[], float]:
             for a, b in batches:
                 opt.zero_grad(set_to_none=True)
                 with prec.autocast(p, env.device):
-                    out = t(_fmt(x[a:b], p))
+                    out = t(prec.batch_format(x[a:b], p))
                 luring_loss(out.float(), m_logits[a:b], lam).backward()
                 opt.step()
         return float(sum(b - a for a, b in batches) * s["epochs"])
@@ -83,14 +73,12 @@ def bare_step_p_best(env: Env) -> Callable[[], float]:
 
 def bare_step_m_best(env: Env) -> Callable[[], float]:
     """Plain Adam steps on a fresh M with cross-entropy, in ``env.best``."""
-    from luring.benchmarks.workloads import _seeded_build
-
     c, p = env.cfg, env.best
     x = env.x_train[:c.train_images].to(env.device)
     y = env.y_train[:c.train_images].to(env.device)
 
     def run() -> float:
-        model = _seeded_build("mnist-target", env.seed).to(env.device).train()
+        model = seeded_build("mnist-target", env.seed).to(env.device).train()
         if p != "fp32":
             prec.to_channels_last(model)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -98,7 +86,7 @@ def bare_step_m_best(env: Env) -> Callable[[], float]:
             for i in range(0, len(x), c.m_batch):
                 opt.zero_grad(set_to_none=True)
                 with prec.autocast(p, env.device):
-                    out = model(_fmt(x[i:i + c.m_batch], p))
+                    out = model(prec.batch_format(x[i:i + c.m_batch], p))
                 F.cross_entropy(out.float(), y[i:i + c.m_batch]).backward()
                 opt.step()
         return float(len(x) * c.m_epochs)

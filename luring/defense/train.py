@@ -13,7 +13,6 @@ agree most with M's is kept (Auto: the lowest held-out reconstruction loss).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +27,7 @@ from luring import precision as prec
 from luring.data.lazy import subset
 from luring.defense import parallel as pmod
 from luring.defense.loss import luring_loss, reconstruction_loss, soft_cross_entropy
+from luring.defense.schedule import averaged_tensors, averaged_weights, budget, lr_at
 from luring.defense.settings import METHODS, defense_settings, resolve_settings
 from luring.errors import LuringError
 from luring.models import Stacked, build, default_architectures
@@ -103,27 +103,6 @@ def init_parameters(module: nn.Module, scheme: str, generator: torch.Generator) 
             if m.bias is not None:
                 m.bias.zero_()
     return module
-
-
-def lr_at(settings: dict[str, Any], epoch: float) -> float:
-    """Learning rate at training progress ``epoch`` (fractional epochs done, ≥ 0): linear
-    warm-up over ``warmup_epochs``, then piecewise milestones, cosine or linear decay."""
-    lr = float(settings["lr"])
-    total = float(settings["epochs"])
-    warm = float(settings.get("warmup_epochs", 0.0))
-    if warm > 0 and epoch < warm:
-        return lr * max(epoch, 1e-3 * warm) / warm
-    decay = settings.get("lr_decay", "piecewise")
-    if decay == "piecewise":
-        for start, value in sorted(settings.get("lr_milestones", []), key=lambda m: m[0]):
-            if epoch >= start:
-                lr = float(value)
-        return lr
-    lo = float(settings.get("min_lr", 0.0))
-    frac = min(max((epoch - warm) / max(total - warm, 1e-9), 0.0), 1.0)
-    if decay == "cosine":
-        return lo + (lr - lo) * 0.5 * (1 + math.cos(math.pi * frac))
-    return lr + (lo - lr) * frac
 
 
 class ImageBatches:
@@ -293,16 +272,6 @@ def component_kwargs(settings: dict[str, Any], arch: str) -> dict[str, Any]:
     return kw
 
 
-def budget(settings: dict[str, Any], steps_per_epoch: int) -> tuple[int, float]:
-    """(total optimisation steps, fraction of the nominal schedule): ``epochs × steps per
-    epoch``, cut to ``max_steps`` when set. The schedule runs in nominal epochs: step k is at
-    ``k / (steps_per_epoch × fraction)`` epochs, so the whole schedule fits the budget."""
-    nominal = int(settings["epochs"]) * steps_per_epoch
-    ms = settings.get("max_steps")
-    total = nominal if ms is None else min(nominal, int(ms))
-    return total, total / max(nominal, 1)
-
-
 def _evaluate(plan: _Plan, component: nn.Module, x_val: torch.Tensor, m_val: torch.Tensor,
               batch_size: int, dev: torch.device) -> dict[str, float]:
     """Held-out agreement of T with M (and P's reconstruction loss), all modules in eval.
@@ -322,39 +291,6 @@ def _evaluate(plan: _Plan, component: nn.Module, x_val: torch.Tensor, m_val: tor
     t_pred = torch.cat(preds)
     return {"val_agreement": (t_pred == m_val.argmax(1)).float().mean().item(),
             "val_reconstruction": rec / len(x_val)}
-
-
-def _fmt(x: torch.Tensor, precision: str) -> torch.Tensor:
-    """A batch in the memory format its precision trains in (channels-last below fp32)."""
-    return x.contiguous(memory_format=torch.channels_last) \
-        if precision != "fp32" and x.dim() == 4 else x
-
-
-def _averaged_tensors(plan: _Plan) -> list[torch.Tensor]:
-    """What weight averaging averages: the trained parameters and the floating-point buffers
-    (batch-norm running means and variances) of the trained modules, so that the averaged
-    model is evaluated with statistics that follow its averaged weights, not the raw ones."""
-    buffers = [b for m in plan.modules for b in m.buffers() if b.is_floating_point()]
-    return list(plan.params) + buffers
-
-
-@contextlib.contextmanager
-def _averaged(params: list[torch.Tensor], shadow: list[torch.Tensor] | None) -> Iterator[None]:
-    """Temporarily put the exponential moving average (``shadow``) of the weights and
-    batch-norm statistics into ``params``; a no-op without averaging."""
-    if shadow is None:
-        yield
-        return
-    with torch.no_grad():
-        backup = [p.detach().clone() for p in params]
-        for p, sh in zip(params, shadow, strict=True):
-            p.copy_(sh)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for p, b in zip(params, backup, strict=True):
-                p.copy_(b)
 
 
 def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: torch.Tensor,
@@ -380,7 +316,7 @@ def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: to
     step, loss_n, t0 = 0, 0, time.perf_counter()
     loss_sum = torch.zeros((), device=dev)
     ema = float(s.get("ema") or 0.0)
-    averaged = _averaged_tensors(plan) if ema else []
+    averaged = averaged_tensors(plan.params, plan.modules) if ema else []
     shadow = [t.detach().clone() for t in averaged] if ema else None
     for m in plan.modules:
         m.train()
@@ -396,10 +332,10 @@ def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: to
                 opt.zero_grad(set_to_none=True)
                 with prec.autocast(p, dev):
                     if net is None:
-                        loss = plan.loss(_fmt(xb, p), idx)
+                        loss = plan.loss(prec.batch_format(xb, p), idx)
                     else:  # this rank's slice, weighted so the averaged gradient is the batch's
                         xs, ids, weight = pmod.rank_slice(xb, idx)
-                        loss = net(_fmt(xs, p), ids) * weight
+                        loss = net(prec.batch_format(xs, p), ids) * weight
                 loss.float().backward()
                 opt.step()
                 step += 1
@@ -425,7 +361,7 @@ def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: to
                        "seconds": round(time.perf_counter() - t0, 3)}
                 loss_sum, loss_n = torch.zeros((), device=dev), 0
                 if len(val_idx):
-                    with _averaged(averaged, shadow):
+                    with averaged_weights(averaged, shadow):
                         rec.update(_evaluate(plan, component, x_val, m_val,
                                              s["eval_batch_size"], dev))
                         score = -rec["val_reconstruction"] if by_rec else \

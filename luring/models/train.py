@@ -245,8 +245,7 @@ def _train_loop(model: nn.Module, opt: torch.optim.Optimizer, autocast: Callable
                     xb, yb, weight = xb[lo:hi], yb[lo:hi], world / len(idx)
                 else:  # fewer images than ranks: step on the whole batch, with weight 0
                     weight = 0.0
-            if precision != "fp32":
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = prec.batch_format(xb, precision)
             if settings.adv_train:
                 model.eval()
                 with autocast():
