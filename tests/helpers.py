@@ -30,3 +30,17 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
 def one_line(err: str) -> bool:
     """Is ``err`` a single line without a traceback (the CLI's error contract)?"""
     return len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def check_attack_output(x, before, x_adv, eps: float) -> None:
+    """The pitfall checks every attack's output passes: inputs untouched, float32 of the
+    input's shape, finite, in [0, 1], within the l∞ ε (in float64), equal to x when ε = 0."""
+    import torch
+
+    assert torch.equal(x, before)
+    assert x_adv.shape == x.shape and x_adv.dtype == torch.float32
+    assert torch.isfinite(x_adv).all()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (x_adv.double() - x.double()).abs().max() <= eps
+    if eps == 0:
+        assert torch.equal(x_adv, x)

@@ -29,7 +29,7 @@ from luring.attacks import (
     with_ensemble_loss,
 )
 from luring.errors import LuringError
-from tests.helpers import tiny
+from tests.helpers import check_attack_output, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -182,14 +182,7 @@ def test_bounds_and_inputs_untouched(name, eps):
     x = images()
     before = x.clone()
     atk = ATTACKS[name](tiny(), eps)
-    x_adv = atk(x)
-    assert torch.equal(x, before)
-    assert x_adv.shape == x.shape and x_adv.dtype == torch.float32
-    assert torch.isfinite(x_adv).all()
-    assert x_adv.min() >= 0 and x_adv.max() <= 1
-    assert (x_adv.double() - x.double()).abs().max() <= eps
-    if eps == 0:
-        assert torch.equal(x_adv, x)
+    check_attack_output(x, before, atk(x), eps)
     json.dumps(atk.params())
     assert atk.name == name and atk.params()["num_copies"] == 3
 
