@@ -80,6 +80,15 @@ def test_attack_cli_transfer_attack_margin_bpda_and_n_alias(source_dir, tmp_path
     meta = json.loads((out / "attack.json").read_text())
     assert meta["params"]["scales"] == 2 and meta["params"]["loss"] == "ce"
     assert meta["bpda"] is False and meta["n_backward"] == 2
+    # SIA and BSR with their own options: copies count one gradient evaluation each
+    for name, extra in (("sia", ["--num-block", "2"]), ("bsr", ["--max-angle", "0"])):
+        out = tmp_path / name
+        assert run(["attack", "--source", str(source_dir), "--attack", name, "--eps", "0.2",
+                    "--steps", "2", "--num-copies", "3", *extra, "--images", "2", "--out",
+                    str(out), "--device", "cpu"]) == 0
+        meta = json.loads((out / "attack.json").read_text())
+        assert meta["params"]["num_copies"] == 3 and meta["n_backward"] == 6
+        assert meta["params"]["alpha"] == pytest.approx(0.1)   # eps / steps, as the papers
 
 
 def test_attack_cli_defense_source(trained_mnist_target, tmp_path, monkeypatch):
@@ -127,6 +136,8 @@ def test_attack_cli_dataset_defaults_and_eco(source_dir, tmp_path):
     (["--kappa", "1", "--attack", "mim"], "pass --loss margin with it"),
     (["--bpda", "", "--attack", "spsa"], "--bpda does not apply to spsa"),
     (["--scales", "3", "--attack", "mim"], "--scales does not apply to mim"),
+    (["--num-copies", "3", "--attack", "mim"], "--num-copies does not apply to mim"),
+    (["--max-angle", "10", "--attack", "sia"], "--max-angle does not apply to sia"),
     (["--mu", "0.5", "--attack", "spsa"], "--mu does not apply to spsa"),
     (["--samples", "3", "--attack", "spsa"], "samples must be even"),
 ])

@@ -37,7 +37,7 @@ def test_tiny_run_writes_complete_json(tmp_path, monkeypatch, capsys):
     assert env["threads"] == cfg.threads == 1  # tiny pins one thread ...
     assert torch.get_num_threads() == threads  # ... and restores the caller's
     # raw timings of every repetition, throughputs and their statistics
-    transfer = ("nifgsm", "sinifgsm", "vmifgsm", "vnifgsm")
+    transfer = ("nifgsm", "sinifgsm", "vmifgsm", "vnifgsm", "sia", "bsr")
     expected = {"bare_fwd_bwd_m", "bare_fwd_bwd_t", "bare_loop", "pgd", "mim", "dimti", "spsa",
                 "bare_forward_spsa", "eco", "bare_forward_eco", "train_p", "bare_step_p",
                 "train_m", "bare_step_m", "mimw_one_at_a_time", "mimw_batched", *transfer,
@@ -70,7 +70,8 @@ def test_tiny_run_writes_complete_json(tmp_path, monkeypatch, capsys):
     assert res["ratios"]["pgd_vs_loop"]["target"] == 0.9
     assert all(res["ratios"][f"{t}_vs_loop"]["target"] == 0.9 for t in transfer)
     # work = images x gradient evaluations: SI's 5 copies, VT's 1 + 20 per iteration
-    per_run = {"mim": 1, "nifgsm": 1, "sinifgsm": 5, "vmifgsm": 21, "vnifgsm": 21}
+    per_run = {"mim": 1, "nifgsm": 1, "sinifgsm": 5, "vmifgsm": 21, "vnifgsm": 21, "sia": 5,
+               "bsr": 5}
     for name, evals in per_run.items():
         assert res["contenders"][name]["work"] == [2 * cfg.batch * cfg.steps * evals] * cfg.reps
     assert isinstance(res["ratios"]["pgd_vs_loop"]["pass"], bool)

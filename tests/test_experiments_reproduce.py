@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from luring.cli.main import main
 from luring.models import save_checkpoint
@@ -48,12 +49,13 @@ def uninterrupted(tmp_path_factory, target_dir):
     return out
 
 
-def test_run_directory_contents(uninterrupted):
+def test_run_directory_contents(uninterrupted, target_dir):
     names = {p.name for p in uninterrupted.iterdir()}
     assert {"config.json", "results.json", "report.md", "timings.json", "table_defend.csv",
             "table_clean.csv", "table_characterize.csv", "figure2.png"} <= names
     res = json.loads((uninterrupted / "results.json").read_text())
     assert res["dataset"] == "mnist-5k" and res["profile"] == "smoke" and res["seed"] == 0
+    report = (uninterrupted / "report.md").read_text()
     assert set(res["clean"]) == {"target", "stack", "auto", "ce", "luring"}
     attacks = {(r["experiment"], r["attack"]) for r in res["rows"]}
     assert {("defend", a) for a in ("spsa", "eco", "mim-w", "worst-case")} <= attacks
@@ -70,6 +72,33 @@ def test_run_directory_contents(uninterrupted):
             assert r["dac"] <= best["dac"] + 1e-12 and r["ac_m"] <= best["ac_m"] + 1e-12
             assert r["ac_mop"] <= best["ac_mop"] + 1e-12 and r["n"] == best["n"]
     assert {"figure_roc_mim-w_eps0.3.png", "table_adaptive.csv", "table_verdict.csv"} <= names
+    # issue #24: the attacker's own model S (another seed than M, not M's weights), the
+    # T+S ensembles and SIA in the worst case, the public-model row beside it
+    from luring.experiments.models import attacker_seed
+    from luring.models import load_checkpoint
+
+    s_model, s_meta = load_checkpoint(uninterrupted / "models" / "attacker-s0")
+    m_model, _ = load_checkpoint(target_dir)
+    assert s_meta["seed"] == attacker_seed(0) != 0
+    assert any(not torch.equal(a, b) for a, b in zip(s_model.state_dict().values(),
+                                                     m_model.state_dict().values(),
+                                                     strict=True))
+    assert {("adaptive", "public")} <= attacks
+    for r in res["rows"]:
+        if r["attack"] == "adaptive-worst":
+            b = r["broken_by"]
+            assert set(b) == {"family", "transforms", "ensemble", "all"}
+            # adding attacks never helps the defender: the worst case is at most each part
+            assert all(b["all"]["dac"] <= b[p]["dac"] + 1e-12 for p in b)
+            assert b["all"]["dac"] == pytest.approx(r["dac"]) and b["all"]["n"] == r["n"]
+            assert all(0 <= b[p]["only"] <= b[p]["broke"] <= 1 for p in b if p != "all")
+        if r["attack"] == "public":
+            assert r["attacker"]["test_accuracy"][0] > 0.1 and r["n"] > 0
+            # M's accuracy on examples crafted on S does not depend on the approach
+            same = [w["ac_m"] for w in res["rows"] if w["attack"] == "public"
+                    and w["eps"] == r["eps"]]
+            assert len(set(same)) == 1
+    assert "Which attacks broke the worst case" in report and "public model" in report
     assert {("characterize", a) for a in ("fgsm", "pgd", "mim", "mim-l2")} <= attacks
     for r in res["rows"]:
         assert r["n"] is not None and r["eps"] in (0.2, 0.3, 0.4)
@@ -80,7 +109,6 @@ def test_run_directory_contents(uninterrupted):
             worst = next(w for w in res["rows"] if w["attack"] == "worst-case"
                          and w["approach"] == r["approach"] and w["eps"] == r["eps"])
             assert worst["dac"] <= r["dac"] + 1e-12 and worst["ac_m"] <= r["ac_m"] + 1e-12
-    report = (uninterrupted / "report.md").read_text()
     assert "Differences from the paper" in report
     # every defend number of the report comes from results.json
     mimw = next(r for r in res["rows"] if r["attack"] == "mim-w" and r["approach"] == "luring")

@@ -23,10 +23,13 @@ from torch import nn
 
 from luring.attacks.base import check_float, check_int, eval_frozen, model_device
 from luring.attacks.batched import batchable, run_together
+from luring.attacks.bsr import BSR
 from luring.attacks.dim import DIM
+from luring.attacks.ensemble import Ensemble, with_ensemble_loss
 from luring.attacks.iterative import IterativeAttack
 from luring.attacks.losses import check_loss
 from luring.attacks.mim import MIM
+from luring.attacks.sia import SIA
 from luring.attacks.ti import DIMTI, MIMTI
 from luring.attacks.transfer import NIFGSM, SINIFGSM, VMIFGSM, VNIFGSM
 from luring.errors import LuringError
@@ -39,7 +42,8 @@ __all__ = ["worst_case_search", "default_settings", "WorstCaseResult", "SettingR
 P_VALUES = tuple(round(0.1 * i, 1) for i in range(1, 11))
 KERNEL_SIZES = (3, 5, 10, 15)
 _CLASSES = {"mim": MIM, "dim": DIM, "mim-ti": MIMTI, "dim-ti": DIMTI, "ni-fgsm": NIFGSM,
-            "si-ni-fgsm": SINIFGSM, "vmi-fgsm": VMIFGSM, "vni-fgsm": VNIFGSM}
+            "si-ni-fgsm": SINIFGSM, "vmi-fgsm": VMIFGSM, "vni-fgsm": VNIFGSM,
+            "sia": SIA, "bsr": BSR}
 
 
 def default_settings(p_values: tuple[float, ...] = P_VALUES,
@@ -116,8 +120,12 @@ def _make(setting: dict[str, Any], source: nn.Module, common: dict[str, Any]) ->
         raise LuringError(f"unknown worst-case setting attack {kind!r}; choose one of "
                           f"{', '.join(_CLASSES)}")
     extra = {k: v for k, v in setting.items() if k != "attack"}
+    cls = _CLASSES[kind]
+    grad_model = common.get("grad_model")
+    if isinstance(grad_model, Ensemble) and grad_model.mode == "loss":
+        cls = with_ensemble_loss(cls)   # the per-model loss of a loss-mode ensemble
     try:
-        return _CLASSES[kind](source, **{**common, **extra})
+        return cls(source, **{**common, **extra})
     except TypeError as exc:
         raise LuringError(f"bad worst-case setting {setting}: {exc}") from None
 
@@ -146,13 +154,19 @@ def worst_case_search(source: nn.Module, target: nn.Module, x: torch.Tensor, y: 
         p_values, kernel_sizes: the grid (ignored when ``settings`` is given).
         settings: explicit list of ``{"attack": NAME, **params}``, NAME one of ``mim``,
             ``dim``, ``mim-ti``, ``dim-ti`` (or the transfer attacks ``ni-fgsm``,
-            ``si-ni-fgsm``, ``vmi-fgsm``, ``vni-fgsm``).
+            ``si-ni-fgsm``, ``vmi-fgsm``, ``vni-fgsm``, and the input-transformation
+            attacks ``sia``, ``bsr``). A setting's own ``steps`` or ``alpha`` replace the
+            shared ones (``"alpha": None``: the attack's default, ``eps / steps`` for SIA
+            and BSR, as their papers run them).
         seed, batch_size: passed to every attack. progress: show a bar over settings.
         use_labels: attack ``y`` instead of the source's own predictions (the authors passed
             no labels, so the default attacks T's predictions).
         loss, kappa, grad_model: passed to every setting (``"ce"`` or ``"margin"`` with its
-            cap; a gradient source such as ``bpda(source)``). Labels and every judgement
-            still come from ``source`` and ``target`` themselves. With the defaults the
+            cap; a gradient source such as ``bpda(source)`` or an
+            :class:`~luring.attacks.ensemble.Ensemble` of the source with other models; a
+            ``mode="loss"`` ensemble makes every setting ascend the per-model loss).
+            Labels and every judgement still come from ``source`` and ``target``
+            themselves. With the defaults the
             result is exactly the plain search's.
         together: how many settings share one batched forward/backward per step
             (:func:`luring.attacks.batched.run_together`: S settings × N images per pass;
@@ -188,7 +202,8 @@ def worst_case_search(source: nn.Module, target: nn.Module, x: torch.Tensor, y: 
     for i, atk in enumerate(bar):
         if i not in done and together > 1 and batchable(atk):
             group = [j for j in range(i, len(attacks)) if batchable(attacks[j])
-                     and attacks[j].model is atk.model][:together]
+                     and attacks[j].model is atk.model and attacks[j].steps == atk.steps
+                     ][:together]
             for j, out in zip(group, run_together([attacks[j] for j in group], x,
                                                   attack_y.to(x.device)), strict=True):
                 done[j] = out.cpu()

@@ -27,6 +27,8 @@ TARGETS: dict[str, tuple[str, str, float | None]] = {
     "sinifgsm_vs_loop": ("sinifgsm", "bare_loop", 0.9),
     "vmifgsm_vs_loop": ("vmifgsm", "bare_loop", 0.9),
     "vnifgsm_vs_loop": ("vnifgsm", "bare_loop", 0.9),
+    "sia_vs_loop": ("sia", "bare_loop", 0.9),
+    "bsr_vs_loop": ("bsr", "bare_loop", 0.9),
     "spsa_vs_forward": ("spsa", "bare_forward_spsa", 0.8),
     "eco_vs_forward": ("eco", "bare_forward_eco", 0.8),
     "train_p_vs_step": ("train_p", "bare_step_p", 0.9),
@@ -38,6 +40,8 @@ TARGETS: dict[str, tuple[str, str, float | None]] = {
     # against the bare loops in the best precision (what the hardware gives; the ceiling)
     "mim_vs_best_loop": ("mim", "bare_loop_best", 0.9),
     "dimti_vs_best_loop": ("dimti", "bare_loop_best", 0.9),
+    "sia_vs_best_loop": ("sia", "bare_loop_best", 0.9),
+    "bsr_vs_best_loop": ("bsr", "bare_loop_best", 0.9),
     "train_p_vs_best_step": ("train_p", "bare_step_p_best", 0.9),
     "train_m_vs_best_step": ("train_m", "bare_step_m_best", None),
     "best_loop_vs_loop": ("bare_loop_best", "bare_loop", None),

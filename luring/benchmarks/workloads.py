@@ -90,13 +90,15 @@ def _gradient_attack(env: Env, name: str) -> Callable[[], float]:
     """A luring gradient attack on M with true labels; its work is the images of all its
     gradient evaluations (``len(x) · n_backward``: SI's copies and VT's neighbours count one
     evaluation each), so its throughput compares per gradient evaluation with the bare loop.
-    The transfer attacks run with their defaults (SI 5 copies, VT 20 neighbours)."""
-    from luring.attacks import DIMTI, MIM, NIFGSM, PGD, SINIFGSM, VMIFGSM, VNIFGSM
+    The transfer attacks run with their defaults (SI 5 copies, VT 20 neighbours); SIA and
+    BSR with 5 copies (their papers: 20; the work per gradient evaluation is the same)."""
+    from luring.attacks import BSR, DIMTI, MIM, NIFGSM, PGD, SIA, SINIFGSM, VMIFGSM, VNIFGSM
 
     cls = {"pgd": PGD, "mim": MIM, "dimti": DIMTI, "nifgsm": NIFGSM, "sinifgsm": SINIFGSM,
-           "vmifgsm": VMIFGSM, "vnifgsm": VNIFGSM}[name]
+           "vmifgsm": VMIFGSM, "vnifgsm": VNIFGSM, "sia": SIA, "bsr": BSR}[name]
+    extra = {"num_copies": 5} if name in ("sia", "bsr") else {}
     atk = cls(env.target, eps=env.cfg.eps, steps=env.cfg.steps, alpha=env.cfg.alpha,
-              seed=env.seed, precision=env.precision)
+              seed=env.seed, precision=env.precision, **extra)
     x, y = attack_batch(env, env.cfg.batch)
 
     def run() -> float:
@@ -107,7 +109,7 @@ def _gradient_attack(env: Env, name: str) -> Callable[[], float]:
 
 
 # ---- MIM-W grid: one setting at a time against all settings in one batched pass ----------
-#: The quick profile's MIM-W grid (MIM; DIM p 0.5, 1.0; MIM-TI 5, 10; DIM-TI p × size).
+#: A 9-setting MIM-W grid (MIM; DIM p 0.5, 1.0; MIM-TI 5, 10; DIM-TI p × size).
 _GRID = ({"attack": "mim"}, {"attack": "dim", "p": 0.5}, {"attack": "dim", "p": 1.0},
          {"attack": "mim-ti", "kernel_size": 5}, {"attack": "mim-ti", "kernel_size": 10},
          {"attack": "dim-ti", "p": 0.5, "kernel_size": 5},
@@ -295,8 +297,12 @@ CONTENDERS: dict[str, tuple[str, str, str, Callable[[Env], Callable[[], float]] 
                 "neighbours, per gradient evaluation)", lambda e: _gradient_attack(e, "vmifgsm")),
     "vnifgsm": ("gradient", "image-iterations/s", "luring.attacks.VNIFGSM on M (20 "
                 "neighbours, per gradient evaluation)", lambda e: _gradient_attack(e, "vnifgsm")),
-    "mimw_one_at_a_time": ("mimw_grid", "image-iterations/s", "worst_case_search, the quick "
-                           "MIM-W grid (9 settings) on T, one setting at a time", None),
+    "sia": ("gradient", "image-iterations/s", "luring.attacks.SIA on M (5 copies, per gradient "
+            "evaluation)", lambda e: _gradient_attack(e, "sia")),
+    "bsr": ("gradient", "image-iterations/s", "luring.attacks.BSR on M (5 copies, per gradient "
+            "evaluation)", lambda e: _gradient_attack(e, "bsr")),
+    "mimw_one_at_a_time": ("mimw_grid", "image-iterations/s", "worst_case_search, a 9-setting "
+                           "MIM-W grid on T, one setting at a time", None),
     "mimw_batched": ("mimw_grid", "image-iterations/s", "the same search with the 9 settings "
                      "in one batched pass per step (together=9)", None),
     "spsa": ("spsa", "queries/s", "luring.attacks.SPSA on M (n_queries)", _spsa),

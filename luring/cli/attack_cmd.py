@@ -73,6 +73,11 @@ ATTACK_OPTIONS: dict[str, tuple[Any, str]] = {
     "scales": (pos_int, "si-ni-fgsm: scale copies x/2^i (default 5)"),
     "neighbors": (pos_int, "vmi/vni-fgsm: neighbours sampled for the variance (default 20)"),
     "beta": (None, "vmi/vni-fgsm: neighbourhood radius in units of eps (default 1.5)"),
+    "num_copies": (pos_int, "sia, bsr: transformed copies per iteration (default 20, their "
+                            "papers')"),
+    "num_block": (pos_int, "sia, bsr: blocks per image side (default 3 for sia, 2 for bsr)"),
+    "max_angle": (nonneg_float, "bsr: largest block rotation in degrees (default 24; 0 = "
+                                "shuffle only)"),
     "loss": (None, "loss of the gradient attacks: ce (default, the paper's) or margin "
                    "(Carlini-Wagner logit margin)"),
     "kappa": (None, "margin loss: confidence cap kappa ≥ 0 (default 0)"),

@@ -29,13 +29,14 @@ import torch
 from luring.experiments.common import aggregate, together, unit_seed
 from luring.experiments.defend import mimw_settings
 from luring.experiments.profiles import step_size
+from luring.experiments.public import breakdown, run_public
 from luring.experiments.store import RunDir
 from luring.metrics import rate
 from luring.models import predict_labels, predict_logits
-from luring.utils import progress
+from luring.utils import fingerprint, progress
 
-__all__ = ["run_adaptive", "adaptive_family", "TRANSFER_ATTACKS", "every_attack_rows",
-           "ALL_WORST_PARTS"]
+__all__ = ["run_adaptive", "adaptive_family", "transform_settings", "ensemble_settings",
+           "TRANSFER_ATTACKS", "every_attack_rows", "ALL_WORST_PARTS", "PARTS"]
 
 TRANSFER_ATTACKS = ("ni-fgsm", "si-ni-fgsm", "vmi-fgsm", "vni-fgsm")
 
@@ -63,33 +64,79 @@ def _better(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor] | None) -> bo
     return ka < kb
 
 
-def _family_unit(model, target, x, y, eps, cfg, seed):
-    """Every (loss, gradient) pass of the enlarged family: the best single setting's
-    booleans and the per-example AND over all settings."""
-    from luring.attacks import bpda, worst_case_search
+#: The parts of the adaptive worst case, in search order: the family on T (its gradient or
+#: BPDA), the input-transformation attacks on T, and T attacked together with the attacker's
+#: own model S (:mod:`luring.attacks.ensemble`).
+PARTS = ("family", "transforms", "ensemble")
+
+
+def transform_settings(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The input-transformation attacks (SIA, BSR) of ``cfg`` as worst-case settings."""
+    return [dict(t) for t in cfg.get("transforms") or []]
+
+
+def ensemble_settings(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The settings the T+S ensembles run (``"all"``: the family and the transforms)."""
+    ens = (cfg.get("attacker") or {}).get("ensemble") or {}
+    chosen = ens.get("settings", "all")
+    if chosen == "all":
+        return adaptive_family(cfg) + transform_settings(cfg)
+    return [dict(a) for a in chosen]
+
+
+def _searches(model, cfg, attacker):
+    """``(part, loss, grad, mode, settings, gradient source)`` of every search of the unit."""
+    from luring.attacks import Ensemble, bpda
+
+    out = []
+    for loss, grad in cfg["passes"]:
+        src = bpda(model) if grad == "bpda" else None
+        out.append(("family", loss, grad, None, adaptive_family(cfg), src))
+        if transform_settings(cfg):
+            out.append(("transforms", loss, grad, None, transform_settings(cfg), src))
+    ens = (cfg.get("attacker") or {}).get("ensemble")
+    if attacker is not None and ens:
+        for loss, grad, mode in ens["passes"]:
+            member = bpda(model) if grad == "bpda" else model
+            out.append(("ensemble", loss, grad, mode, ensemble_settings(cfg),
+                        Ensemble([member, attacker], ens["weights"], mode)))
+    return out
+
+
+def _family_unit(model, target, x, y, eps, cfg, seed, attacker=None):
+    """Every search of the enlarged family (:func:`_searches`: each (loss, gradient) pass of
+    the family and the transforms on T, then the T+S ensembles when ``attacker`` is S): the
+    best single setting's booleans, the per-example AND over all settings (``all_*``) and
+    over each part's (``part_<part>_*``)."""
+    from luring.attacks import worst_case_search
 
     steps = int(cfg["steps"])
-    best, best_meta, every = None, None, None
+    best, best_meta = None, None
+    parts: dict[str, dict[str, torch.Tensor]] = {}
     summary = []
-    for loss, grad in cfg["passes"]:
+    for part, loss, grad, mode, chosen, src in _searches(model, cfg, attacker):
         res = worst_case_search(
             model, target, x, y, eps, steps=steps, mu=cfg["mu"],
-            alpha=step_size(cfg["step_size"], eps, steps), settings=adaptive_family(cfg),
-            seed=seed, progress=False, loss=loss, kappa=cfg["kappa"],
-            grad_model=bpda(model) if grad == "bpda" else None, together=together(len(x), model))
+            alpha=step_size(cfg["step_size"], eps, steps), settings=chosen,
+            seed=seed, progress=False, loss=loss, kappa=cfg["kappa"], grad_model=src,
+            together=together(len(x), model))
+        how = {"part": part, "loss": loss, "grad": grad} | ({"mode": mode} if mode else {})
         out = {"t_ok": res.best_t_correct, "m_ok": res.best_m_correct,
                "defended": res.best_defended}
         if _better(out, best):
             best = out | {"t_logits": predict_logits(model, res.best_x_adv),
                           "m_logits": predict_logits(target, res.best_x_adv)}
-            best_meta = {"attack": res.best.attack, "loss": loss, "grad": grad} \
-                | res.best.params
+            best_meta = {"attack": res.best.attack} | how | res.best.params
         alls = {"t_ok": res.ac_mop_all, "m_ok": res.ac_m_all, "defended": res.defended_all}
-        every = alls if every is None else {k: every[k] & alls[k] for k in every}
-        summary += [{"loss": loss, "grad": grad} | r.to_dict() for r in res.settings]
+        old = parts.get(part)
+        parts[part] = alls if old is None else {k: old[k] & alls[k] for k in old}
+        summary += [how | r.to_dict() for r in res.settings]
+    every = {k: torch.stack([p[k] for p in parts.values()]).all(0) for k in ("t_ok", "m_ok",
+                                                                             "defended")}
     tensors = {f"best_{k}": v for k, v in best.items()} | {f"all_{k}": v for k, v in
                                                              every.items()}
-    return tensors, {"best": best_meta, "per_setting": summary}
+    tensors |= {f"part_{p}_{k}": v for p, b in parts.items() for k, v in b.items()}
+    return tensors, {"best": best_meta, "per_setting": summary, "parts": list(parts)}
 
 
 def _substitute_unit(model, target, x, y, pool, settings, cfg, seed):
@@ -134,14 +181,17 @@ ALL_WORST_PARTS = ("worst-case", "adaptive-worst", "substitute")
 def every_attack_rows(outcomes: dict[tuple, dict[str, torch.Tensor]], approaches: list[str],
                       eps_values: list[float], seeds: list[int]) -> list[dict[str, Any]]:
     """``all-worst``: per approach and ε, the per-example worst case over every attack the
-    run made on the same images (defend's MIM-W grid and query attacks, the adaptive family,
-    the substitute): an example is defended only if it survives all of them. Adds the
+    run crafted on T or on T's answers for the same images (defend's MIM-W grid and query
+    attacks, the adaptive family with its transforms and T+S ensembles, the substitute): an
+    example is defended only if it survives all of them. The ``public`` rows (crafted on the
+    attacker's own model alone) are left out: luring does not claim to address them. Each
+    row's ``broken_by`` breaks it down by those three parts. Adds the
     outcomes ``(seed, approach, "all-worst", ε)`` to ``outcomes`` (for the paired verdict)
     and returns the rows (experiment ``adaptive``)."""
     rows = []
     for a in approaches:
         for e in eps_values:
-            per = []
+            per, named = [], {}
             for s in seeds:
                 parts = [outcomes[(s, a, k, e)] for k in ALL_WORST_PARTS
                          if (s, a, k, e) in outcomes]
@@ -151,8 +201,12 @@ def every_attack_rows(outcomes: dict[tuple, dict[str, torch.Tensor]], approaches
                      for k in ("t_ok", "m_ok", "defended")}
                 outcomes[(s, a, "all-worst", e)] = b
                 per.append(_rates(**b))
+                for k in ALL_WORST_PARTS:
+                    if (s, a, k, e) in outcomes:
+                        named.setdefault(k, []).append(outcomes[(s, a, k, e)])
             if len(per) == len(seeds) and per:
-                rows.append(aggregate("adaptive", a, "all-worst", e, per, seeds=seeds))
+                rows.append(aggregate("adaptive", a, "all-worst", e, per,
+                                      {"broken_by": breakdown(named)}, seeds=seeds))
     return rows
 
 
@@ -165,7 +219,8 @@ def _rates(t_ok: torch.Tensor, m_ok: torch.Tensor, defended: torch.Tensor) -> di
 def run_adaptive(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[int, Any]],
                  x: torch.Tensor, y: torch.Tensor, pool: torch.Tensor,
                  settings: dict[str, Any], seed: int,
-                 ident: dict[str, Any] | None = None, roc: dict[str, Any] | None = None
+                 ident: dict[str, Any] | None = None, roc: dict[str, Any] | None = None,
+                 attackers: dict[int, dict[str, Any]] | None = None
                  ) -> tuple[list[dict[str, Any]], dict[tuple, dict]]:
     """Run (or reuse) every adaptive unit. ``x``, ``y``: the attacked test images (the defend
     experiment's); ``pool``: the substitute attacker's images (other test images).
@@ -174,11 +229,16 @@ def run_adaptive(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[
     per-example booleans ``{(seed, approach, attack, ε): {"t_ok", "m_ok", "defended"}}`` for
     the paired verdict. ``adaptive-w`` rows also hold the detector's ``detection_rate`` and
     ``dac_op`` at the stored operating point and its AUROC; ``roc`` receives its ROC per ε and
-    approach (``roc["adaptive-w"][str(ε)][approach]``)."""
+    approach (``roc["adaptive-w"][str(ε)][approach]``). ``attackers``: the attacker's own
+    model S per seed (:func:`luring.experiments.models.prepare_attackers`): with it the T+S
+    ensembles join the family and the ``public`` rows (:mod:`luring.experiments.public`)
+    are added; ``adaptive-worst`` rows hold ``broken_by`` (:func:`~luring.experiments.public.
+    breakdown` of the family, transforms and ensemble parts)."""
     from luring.experiments.detection import clean_scores, op_rates, pooled_roc
 
     cfg = settings["adaptive"]
     seeds = sorted(next(iter(defenses.values())).keys()) if defenses else []
+    attackers = attackers or {}
     fam: dict[tuple, tuple] = {}
     subs: dict[tuple, tuple] = {}
     units = [(s, a, e) for s in seeds for a in defenses for e in settings["eps"]]
@@ -186,11 +246,15 @@ def run_adaptive(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[
         model = defenses[a][s].augmented
         useed = unit_seed(seed, s, a, "adaptive", e)
 
-        def craft(m=model, e=e, u=useed):
-            return _family_unit(m, target, x, y, e, cfg, u)
+        sm = attackers.get(s, {}).get("model")
 
-        fam[(s, a, e)] = run.unit("adaptive", f"s{s}-{a}-eps{e}", craft,
-                                  {"run": ident, "params": cfg, "eps": settings["eps"]})
+        def craft(m=model, e=e, u=useed, sm=sm):
+            return _family_unit(m, target, x, y, e, cfg, u, sm)
+
+        key = {"run": ident, "params": cfg, "eps": settings["eps"]}
+        if sm is not None:
+            key["attacker"] = fingerprint(sm)
+        fam[(s, a, e)] = run.unit("adaptive", f"s{s}-{a}-eps{e}", craft, key)
     if cfg.get("substitute"):
         for s, a in progress([(s, a) for s in seeds for a in defenses], desc="substitute",
                              unit="model"):
@@ -209,9 +273,13 @@ def run_adaptive(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[
     for a in defenses:
         for e in settings["eps"]:
             per: dict[str, list] = {"adaptive-w": [], "adaptive-worst": [], "substitute": []}
-            chosen, queries, curves = [], [], []
+            chosen, queries, curves, parts = [], [], [], {}
             for s in seeds:
                 t, meta = fam[(s, a, e)]
+                for p in meta.get("parts", ["family"]):
+                    parts.setdefault(p, []).append(
+                        {k: t.get(f"part_{p}_{k}", t[f"all_{k}"]) for k in
+                         ("t_ok", "m_ok", "defended")})
                 d = defenses[a][s]
                 for name, pre in (("adaptive-w", "best_"), ("adaptive-worst", "all_")):
                     b = {k: t[pre + k] for k in ("t_ok", "m_ok", "defended")}
@@ -243,5 +311,9 @@ def run_adaptive(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[
                                           "thresholds": [c[2] for c in curves]}}
                 elif name == "substitute":
                     extra = {"queries": queries[0], "queries_per_seed": queries}
+                elif name == "adaptive-worst":
+                    extra = {"broken_by": breakdown(parts)}
                 rows.append(aggregate("adaptive", a, name, e, vals, extra, seeds=seeds))
-    return rows, outcomes
+    pub_rows, pub_outcomes = run_public(run, target, defenses, attackers, x, y, settings, seed,
+                                        ident)
+    return rows + pub_rows, outcomes | pub_outcomes

@@ -26,7 +26,8 @@ from luring.utils import atomic_write_json, fingerprint, read_json, to_jsonable
 
 IDENTITY = "identity.json"
 
-__all__ = ["prepare_models", "build_dir", "check_reuse", "train_defense_dir"]
+__all__ = ["prepare_models", "prepare_attackers", "attacker_seed", "build_dir", "check_reuse",
+           "train_defense_dir"]
 
 
 def _build_dir(final: Path, build: Callable[[Path], None], identity: dict[str, Any]) -> None:
@@ -110,6 +111,52 @@ def prepare_models(run: RunDir, dataset: str, settings: dict[str, Any], seeds: l
                                   "M differs from the run's); use another --out, or --restart")
             defenses[approach][s] = defense
     return target, defenses
+
+
+def attacker_seed(seed: int) -> int:
+    """The training seed of the attacker's model S for the run's defense seed ``seed``:
+    derived from it, never M's seed (0 .. 2^32 − 1)."""
+    from luring.experiments.common import unit_seed
+
+    return unit_seed(seed, "attacker")
+
+
+def prepare_attackers(run: RunDir, dataset: str, settings: dict[str, Any], seeds: list[int],
+                      device: torch.device, data_dir: str | None,
+                      train: tuple[torch.Tensor, torch.Tensor],
+                      log: Callable[[str], None] = print) -> dict[int, dict[str, Any]]:
+    """Train or reuse the attacker's own model S per seed in ``models/attacker-s<seed>``:
+    the family's M architecture trained with labels exactly as M is (the run's ``target``
+    settings) on the training split (M uses all of it, so S differs by its seed,
+    :func:`attacker_seed`), never from M's weights. Returns ``{seed: {"model": S on
+    device, eval, frozen; "meta": its sidecar; "seconds": its training time; "test_accuracy";
+    "n_train"}}``; empty when the family's M is not trained by runs (a user's M: no
+    architecture or settings to train S from)."""
+    from luring.experiments.profiles import USER_TARGET_FAMILIES
+
+    spec = get_spec(dataset)
+    if spec.family in USER_TARGET_FAMILIES:
+        return {}
+    ts = target_settings(spec.family, **settings["target"])
+    out: dict[int, dict[str, Any]] = {}
+    for s in seeds:
+        d = run.path / "models" / f"attacker-s{s}"
+        ident = {"role": "attacker", "dataset": dataset, "data": fingerprint(*train),
+                 "seed": attacker_seed(s), "settings": to_jsonable(asdict(ts))}
+        if not (d / "model.json").exists():
+            log(f"training the attacker's model S (seed {s}) ...")
+            _build_dir(d, lambda p, s=s: train_target_run(
+                dataset, p, ts, seed=attacker_seed(s), device=device, data_dir=data_dir),
+                ident)
+        else:
+            _check_reuse(run, d, ident)
+        model, meta = load_checkpoint(d, "model", device=device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        res = read_json(d / "results.json")
+        out[s] = {"model": model, "meta": meta, "seconds": res.get("seconds"),
+                  "test_accuracy": res.get("test_accuracy"), "n_train": len(train[0])}
+    return out
 
 
 def _resolved_defense(spec, approach: str, settings: dict[str, Any]) -> dict[str, Any]:

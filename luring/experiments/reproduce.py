@@ -41,7 +41,7 @@ from luring.experiments.characterize import run_characterize
 from luring.experiments.common import select_images
 from luring.experiments.defend import run_defend
 from luring.experiments.diagnostics import paired_verdict, run_diagnostics
-from luring.experiments.models import prepare_models
+from luring.experiments.models import prepare_attackers, prepare_models
 from luring.experiments.profiles import (
     EXPERIMENTS,
     EXTRA_EXPERIMENTS,
@@ -169,17 +169,23 @@ def _run(out, restart, identity, dataset, spec, profile, seed, seed_list, experi
             # Luring alone (the others are trained by a later run that asks for them)
             need = settings if set(experiments) & set(EXPERIMENTS) else \
                 settings | {"approaches": [a for a in settings["approaches"] if a == "luring"]}
-            return prepare_models(run, dataset, need, seed_list, dev, data_dir, target_dir,
-                                  tuple(train_split), (x_test, y_test), log=log)
+            models = prepare_models(run, dataset, need, seed_list, dev, data_dir, target_dir,
+                                    tuple(train_split), (x_test, y_test), log=log)
+            attackers = {}
+            if "adaptive" in experiments and _wants_attacker(settings):
+                attackers = prepare_attackers(run, dataset, settings, seed_list, dev,
+                                              data_dir, tuple(train_split), log=log)
+            return (*models, attackers)
 
         # rank 0 checks the directory and trains what is missing; then every rank loads
-        target, defenses = shards.rank0_first(models_stage)
+        target, defenses, attackers = shards.rank0_first(models_stage)
         train_split.clear()
         ctx = _Context(run, target, defenses, settings, seed, seed_list, x_test, y_test, dev,
                        fps, log)
         ctx.dataset, ctx.profile = dataset, profile
         ctx.precision = identity["precision"]
         ctx.data_dir = data_dir
+        ctx.attackers = attackers
         if world > 1:
             # each process runs the units of its share of (approach, seed) pairs; rank 0 then
             # finds every unit stored and aggregates exactly what one process would
@@ -203,6 +209,12 @@ def _run(out, restart, identity, dataset, spec, profile, seed, seed_list, experi
     return results
 
 
+def _wants_attacker(settings: dict[str, Any]) -> bool:
+    """Does the adaptive experiment use the attacker's own model S (ensembles, public row)?"""
+    att = settings.get("adaptive", {}).get("attacker") or {}
+    return bool(att.get("ensemble") or att.get("public"))
+
+
 class _Context:
     """What every experiment of one run shares: the run directory, the models, the test
     split, the seeds and the fingerprints."""
@@ -212,6 +224,7 @@ class _Context:
         self.run, self.target, self.defenses, self.settings = run, target, defenses, settings
         self.seed, self.seed_list, self.x_test, self.y_test = seed, seed_list, x_test, y_test
         self.dev, self.fps, self.log = dev, fps, log
+        self.attackers: dict[int, dict[str, Any]] = {}
         self.model_fps = {"target": fingerprint(target)} | {
             a: {s: fingerprint(d.augmented) for s, d in per.items()}
             for a, per in defenses.items()}
@@ -280,7 +293,8 @@ def _experiments(ctx: _Context, defenses: dict, experiments: tuple[str, ...], *,
                                 [:settings["adaptive"]["substitute"]["pool"]])
         rows, adaptive_outcomes = run_adaptive(run, target, defenses, x, y.cpu(),
                                                x_test[pool_idx], settings, seed,
-                                               ident | {"pool": pool_idx}, roc)
+                                               ident | {"pool": pool_idx}, roc,
+                                               attackers=ctx.attackers)
         results["rows"] += rows
         outcomes |= adaptive_outcomes
         results["rows"] += every_attack_rows(outcomes, list(defenses), settings["eps"],

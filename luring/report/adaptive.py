@@ -24,15 +24,20 @@ from luring.report.tables import (
 )
 
 __all__ = ["adaptive_table", "diagnostics_table", "operating_point_table", "ADAPTIVE_ATTACKS",
-           "ATTACK_NAMES"]
+           "ATTACK_NAMES", "broken_by_table", "adaptive_intro"]
 
-ADAPTIVE_ATTACKS = ("adaptive-w", "adaptive-worst", "substitute", "all-worst")
+ADAPTIVE_ATTACKS = ("adaptive-w", "adaptive-worst", "substitute", "all-worst", "public")
 #: Display names of every attack, the adaptive ones included.
 ATTACK_NAMES = _NAMES = NAMES | {"adaptive-w": "adaptive (best setting)",
                   "adaptive-worst": "adaptive (per-example worst case)",
                   "substitute": "substitute model (queries only)",
                   "all-worst": "every attack (per-example worst case: MIM-W, query attacks, "
-                               "adaptive family, substitute)"}
+                               "adaptive family, substitute)",
+                  "public": "public model (crafted on the attacker's own model S, never on T)"}
+#: Display names of the parts of a worst case (``broken_by``).
+PART_NAMES = {"family": "T alone", "transforms": "SIA/BSR on T", "ensemble": "T+S ensemble",
+              "worst-case": "MIM-W grid", "adaptive-worst": "adaptive family",
+              "substitute": "substitute"}
 _KEYS = ("ac_mop", "ac_m", "dac", "ac_m_given_fooled")
 
 
@@ -78,6 +83,77 @@ def adaptive_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
         md.append(f"**{_NAMES[attack]}**{extra}\n\n" + md_table(mh, md_rows)
                   + (f"\n{note}\n" if note else ""))
     return header, csv_rows, "\n\n".join(md)
+
+
+def broken_by_table(results: dict) -> str:
+    """Markdown: for the per-example worst cases (``adaptive-worst``, ``all-worst``), per
+    approach and ε, the DAC under each part alone, the share of the examples each part broke
+    (left undefended) and broke alone, and the worst case's DAC; "" without breakdowns."""
+    rows = [r for r in rows_of(results, "adaptive") if isinstance(r.get("broken_by"), dict)]
+    out = []
+    for attack in ("adaptive-worst", "all-worst"):
+        sub = [r for r in rows if r.get("attack") == attack]
+        parts = [p for p in PART_NAMES if any(p in r["broken_by"] for r in sub)]
+        if not sub or not parts:
+            continue
+        md_rows = []
+        for a in approaches_in(sub):
+            for e in eps_values(sub):
+                r = find_row(sub, a, e)
+                if r is None:
+                    continue
+                b = r["broken_by"]
+                line = [NAMES.get(a, a), fmt(e), (b.get("all") or {}).get("n", DASH)]
+                for p in parts:
+                    c = b.get(p) or {}
+                    line.append(f"{fmt(c.get('dac'))} ({fmt(c.get('broke'))} / "
+                                f"{fmt(c.get('only'))})" if c else DASH)
+                line.append(fmt((b.get("all") or {}).get("dac")))
+                md_rows.append(line)
+        head = ["approach", "ε", "n", *[PART_NAMES[p] for p in parts], "worst case DAC"]
+        out.append(f"**{_NAMES[attack]}**\n\n" + md_table(head, md_rows))
+    if not out:
+        return ""
+    return ("Per part of the worst case: its DAC alone (share of the examples it broke / "
+            "broke alone, i.e. no other part broke them), pooled over seeds. The first part's "
+            "DAC is the worst case without the later parts.\n\n" + "\n\n".join(out))
+
+
+def adaptive_intro(results: dict) -> str:
+    """The adaptive section's opening paragraph, from the run's settings."""
+    cfg = ((results.get("settings") or {}).get("adaptive") or {})
+    fam = ", ".join(t.get("attack", str(t)) if isinstance(t, dict) else str(t)
+                    for t in cfg.get("transfer_attacks") or [])
+    own = "T's own gradient"
+    passes = "; ".join(f"{lo} loss, {'BPDA' if g == 'bpda' else own}"
+                       for lo, g in cfg.get("passes") or [])
+    text = (f"The same test images as the defense table. adaptive (best setting): the single "
+            f"setting best for the adversary over MIM-W's grid and {fam or 'no transfer attack'}"
+            f" ({passes})")
+    tr = cfg.get("transforms") or []
+    if tr:
+        text += ", and the input-transformation attacks " + ", ".join(
+            f"{t['attack'].upper()} ({t.get('num_copies', 20)} copies"
+            + (f", {t['steps']} iterations" if "steps" in t else "") + ")" for t in tr)
+    ens = (cfg.get("attacker") or {}).get("ensemble")
+    if ens:
+        modes = "; ".join(f"{lo} loss, {'BPDA through T' if g == 'bpda' else 'T plain'}, "
+                          f"{'averaged logits' if m == 'logits' else 'averaged losses'}"
+                          for lo, g, m in ens.get("passes") or [])
+        text += (", and T attacked together with the attacker's own model S (the family's M "
+                 f"architecture trained with labels, another seed; weights {ens.get('weights')}"
+                 f"; {modes})")
+    text += ("; per-example worst case: defended only if it survives every one of them; "
+             "substitute model: a model trained on T's answers to other test images, attacked "
+             "with the MIM-W grid (per-example worst case), judged on T and M. "
+             "AC_M|fooled: M's accuracy on the examples that fool T.")
+    if (cfg.get("attacker") or {}).get("public"):
+        text += (" public model: the MIM-W grid and the transforms crafted on S alone (the "
+                 "attacker never queries T) and judged on M and T — the transfer that luring "
+                 "does not address: M is exposed to it exactly as without luring, and only "
+                 "the detector (T ≠ M) can catch it; not part of the worst cases or the "
+                 "verdict.")
+    return text
 
 
 def diagnostics_table(results: dict) -> str:

@@ -14,7 +14,13 @@ from typing import Any
 from luring.errors import LuringError
 from luring.report import figures
 from luring.report import paper_numbers as paper
-from luring.report.adaptive import adaptive_table, diagnostics_table, operating_point_table
+from luring.report.adaptive import (
+    adaptive_intro,
+    adaptive_table,
+    broken_by_table,
+    diagnostics_table,
+    operating_point_table,
+)
 from luring.report.extra import extra_sections, extra_summary
 from luring.report.tables import (
     DASH,
@@ -286,16 +292,11 @@ def render_report(results: dict, run_dir: str | os.PathLike) -> Path:
     header, rows, md = adaptive_table(results)
     if md:
         table("table_adaptive.csv", (header, rows, md))
-        lines += ["## Adaptive evaluation (not in the paper)", "",
-                  "The same test images as the defense table. adaptive (best setting): the "
-                  "single setting best for the adversary over MIM-W's grid and NI-FGSM, "
-                  "SI-NI-FGSM, VMI-FGSM, VNI-FGSM, each with the cross-entropy and the "
-                  "logit-margin loss and with T's gradient or BPDA (straight through T's "
-                  "saturating layers); per-example worst case: defended only if it survives "
-                  "every one of them; substitute model: a model trained on T's answers to "
-                  "other test images, attacked with the MIM-W grid (per-example worst case), "
-                  "judged on T and M. AC_M|fooled: M's accuracy on the examples that fool T.",
+        lines += ["## Adaptive evaluation (not in the paper)", "", adaptive_intro(results),
                   "", md, ""]
+        md = broken_by_table(results)
+        if md:
+            lines += ["### Which attacks broke the worst case", "", md, ""]
     md = operating_point_table(results)
     if md:
         lines += ["## Detector at its operating point (ROC)", "", md, ""]
