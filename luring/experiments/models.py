@@ -72,20 +72,12 @@ def prepare_models(run: RunDir, dataset: str, settings: dict[str, Any], seeds: l
         tdir = Path(target_dir)
     else:
         tdir = models / "target"
+        ts = target_settings(spec.family, **settings["target"])
         t_ident = {"dataset": dataset, "data": data_fp, "seed": seeds[0],
-                   "settings": to_jsonable(asdict(target_settings(
-                       spec.family, **settings["target"])))}
-        if not (tdir / "model.json").exists():
-            log("training the target M ...")
-            ts = target_settings(spec.family, **settings["target"])
-            _build_dir(tdir, lambda d: train_target_run(dataset, d, ts, seed=seeds[0],
-                                                        device=device, data_dir=data_dir),
-                       t_ident)
-        else:
-            _check_reuse(run, tdir, t_ident)
-    target, meta = load_checkpoint(tdir, "model", device=device)
-    for p in target.parameters():
-        p.requires_grad_(False)
+                   "settings": to_jsonable(asdict(ts))}
+        _train_or_reuse(run, tdir, t_ident, ts, dataset, seeds[0], device, data_dir,
+                        lambda: log("training the target M ..."))
+    target, meta = _load_frozen(tdir, device)
     target_fp = fingerprint(target)
     log(f"target M: {meta['architecture']}, test accuracy {meta.get('test_accuracy')}")
     defenses: dict[str, dict[int, Any]] = {}
@@ -111,6 +103,28 @@ def prepare_models(run: RunDir, dataset: str, settings: dict[str, Any], seeds: l
                                   "M differs from the run's); use another --out, or --restart")
             defenses[approach][s] = defense
     return target, defenses
+
+
+def _train_or_reuse(run: RunDir, d: Path, ident: dict[str, Any], ts, dataset: str, seed: int,
+                    device: torch.device, data_dir: str | None,
+                    announce: Callable[[], None]) -> None:
+    """Train a classifier with settings ``ts`` and ``seed`` into ``d`` (as
+    ``luring train-target`` does) unless ``d`` already holds one trained from ``ident``;
+    refuse a ``d`` trained from something else."""
+    if (d / "model.json").exists():
+        _check_reuse(run, d, ident)
+        return
+    announce()
+    _build_dir(d, lambda p: train_target_run(dataset, p, ts, seed=seed, device=device,
+                                             data_dir=data_dir), ident)
+
+
+def _load_frozen(d: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The classifier in ``d`` on ``device``, eval mode, no parameter requiring gradients."""
+    model, meta = load_checkpoint(d, "model", device=device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, meta
 
 
 def attacker_seed(seed: int) -> int:
@@ -143,19 +157,14 @@ def prepare_attackers(run: RunDir, dataset: str, settings: dict[str, Any], seeds
         d = run.path / "models" / f"attacker-s{s}"
         ident = {"role": "attacker", "dataset": dataset, "data": fingerprint(*train),
                  "seed": attacker_seed(s), "settings": to_jsonable(asdict(ts))}
-        if not (d / "model.json").exists():
-            log(f"training the attacker's model S (seed {s}) ...")
-            _build_dir(d, lambda p, s=s: train_target_run(
-                dataset, p, ts, seed=attacker_seed(s), device=device, data_dir=data_dir),
-                ident)
-        else:
-            _check_reuse(run, d, ident)
-        model, meta = load_checkpoint(d, "model", device=device)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        res = read_json(d / "results.json")
+        _train_or_reuse(run, d, ident, ts, dataset, attacker_seed(s), device, data_dir,
+                        lambda s=s: log(f"training the attacker's model S (seed {s}) ..."))
+        model, meta = _load_frozen(d, device)
+        # the training time from the directory's results.json (absent from a copied
+        # model: None); the accuracy from the model's own sidecar
+        res = read_json(d / "results.json") if (d / "results.json").exists() else {}
         out[s] = {"model": model, "meta": meta, "seconds": res.get("seconds"),
-                  "test_accuracy": res.get("test_accuracy"), "n_train": len(train[0])}
+                  "test_accuracy": meta.get("test_accuracy"), "n_train": len(train[0])}
     return out
 
 

@@ -70,7 +70,8 @@ def run_public(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[in
     (:func:`luring.experiments.models.prepare_attackers`); ``x``, ``y``: the adaptive
     experiment's images. Returns the ``public`` rows (per approach and ε: AC_MoP = T's
     accuracy, AC_M, DAC on the examples crafted on S; ``attacker``: S's test accuracy and
-    training seconds) and the per-example booleans ``{(seed, approach, "public", ε): ...}``."""
+    number of training images) and the per-example booleans
+    ``{(seed, approach, "public", ε): ...}``."""
     cfg = settings["adaptive"]
     seeds = sorted(next(iter(defenses.values())).keys()) if defenses else []
     if not (cfg.get("attacker") or {}).get("public") or not all(s in attackers for s in seeds):
@@ -97,8 +98,9 @@ def run_public(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[in
                                      "transforms")},
                                   "attacker": fingerprint(sm), "eps": settings["eps"]})
     rows, outcomes = [], {}
+    # S's training time is in the run's timings.json (results.json holds no timing: a
+    # resumed run writes the same bytes)
     info = {"attacker": {"test_accuracy": [attackers[s]["test_accuracy"] for s in seeds],
-                         "train_seconds": [attackers[s]["seconds"] for s in seeds],
                          "n_train": attackers[seeds[0]]["n_train"] if seeds else None,
                          "settings": public_settings(cfg)}}
     for a in defenses:

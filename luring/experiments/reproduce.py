@@ -202,7 +202,9 @@ def _run(out, restart, identity, dataset, spec, profile, seed, seed_list, experi
         wall = time.perf_counter() - started
         atomic_write_json(run.path / "timings.json", {
             "wall_time_s": wall, "units_run": run.ran, "units_reused": run.reused,
-            "units_recomputed": run.recomputed, "processes": world})
+            "units_recomputed": run.recomputed, "processes": world,
+            "attacker_train_seconds": {str(s): a["seconds"]
+                                       for s, a in ctx.attackers.items()}})
         from luring.report import render_report
 
         render_report(results | {"wall_time_s": wall}, run.path)
