@@ -37,7 +37,7 @@ from luring.utils import resolve_device
 
 __all__ = ["init_from_env", "rank", "local_rank", "world_size", "is_main", "barrier",
            "shard_range", "shard_indices", "gather_tensors", "gather_objects", "all_sum",
-           "everywhere", "device_for_rank", "process_group"]
+           "everywhere", "main_first", "strided_share", "device_for_rank", "process_group"]
 
 T = TypeVar("T")
 BACKENDS = ("gloo", "nccl")
@@ -191,6 +191,24 @@ def everywhere(fn: Callable[[], T]) -> T:
     if first_error:
         raise LuringError(first_error)
     return out  # type: ignore[return-value]
+
+
+def main_first(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0, then, when it succeeded, on every other rank (rank 0 prepares
+    what the others then load: a run directory's models); an error on any rank is raised on
+    every rank as in :func:`everywhere`. A single process: ``fn()``."""
+    if world_size() == 1:
+        return fn()
+    first = everywhere(lambda: fn() if is_main() else None)
+    rest = everywhere(lambda: None if is_main() else fn())
+    return first if is_main() else rest  # type: ignore[return-value]
+
+
+def strided_share(items: Sequence[T], rank: int, world: int) -> list[T]:
+    """Rank ``rank``'s items: every ``world``-th one from ``rank`` (each item exactly once
+    over the ranks, none repeated, none padded; interleaved, so that work listed by seed
+    spreads over the ranks)."""
+    return list(items[rank::world])
 
 
 def _comm_device() -> torch.device:

@@ -39,6 +39,7 @@ __all__ = [
     "to_jsonable",
     "wilson_interval",
     "fingerprint",
+    "UMASK",
 ]
 
 
@@ -48,7 +49,9 @@ def _current_umask() -> int:
     return mask
 
 
-_UMASK = _current_umask()
+#: The process's file-creation mask, read once at import (files and staging directories are
+#: given the usual ``0o666 & ~UMASK`` / ``0o777 & ~UMASK`` permissions).
+UMASK = _current_umask()
 
 
 def ensure_dir(path: str | os.PathLike) -> Path:
@@ -77,7 +80,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -9,7 +9,7 @@ from torch import nn
 
 from luring.attacks.substitute import train_substitute
 from luring.errors import LuringError
-from luring.experiments.diagnostics import _checks, paired_verdict
+from luring.experiments.diagnostics import masking_checks, paired_verdict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,12 +77,12 @@ CFG = {"grad_ratio": 1e-3}
 
 
 def test_masking_checks_pass_a_healthy_model_and_flag_each_symptom():
-    assert _checks(_meta(), CFG, 50)["flagged"] == []
-    assert _checks(_meta(grad_t=1e-12), CFG, 50)["flagged"] == ["gradient"]
-    assert _checks(_meta(ac_mop_steps=[0.18, 0.2, 0.3]), CFG, 50)["flagged"] == ["steps"]
-    assert _checks(_meta(ac_mop_eps1=0.02), CFG, 50)["flagged"] == ["unbounded"]
-    assert _checks(_meta(ac_mop_spsa=0.05), CFG, 50)["flagged"] == ["gradient_free"]
-    c = _checks(_meta(grad_t=0.0, grad_m=0.0), CFG, 50)  # no gradient anywhere: not a ratio
+    assert masking_checks(_meta(), CFG, 50)["flagged"] == []
+    assert masking_checks(_meta(grad_t=1e-12), CFG, 50)["flagged"] == ["gradient"]
+    assert masking_checks(_meta(ac_mop_steps=[0.18, 0.2, 0.3]), CFG, 50)["flagged"] == ["steps"]
+    assert masking_checks(_meta(ac_mop_eps1=0.02), CFG, 50)["flagged"] == ["unbounded"]
+    assert masking_checks(_meta(ac_mop_spsa=0.05), CFG, 50)["flagged"] == ["gradient_free"]
+    c = masking_checks(_meta(grad_t=0.0, grad_m=0.0), CFG, 50)  # no gradient anywhere: not a ratio
     assert c["gradient"]["ratio"] == float("inf") and c["n"] == 50
 
 
@@ -123,14 +123,14 @@ class _Saturated(nn.Module):
 
 
 def _diagnose(t, m, x, y):
-    from luring.experiments.diagnostics import _diag_unit, _spsa_unit
+    from luring.experiments.diagnostics import diagnostics_unit, spsa_unit
     from luring.experiments.profiles import resolve_profile
 
     cfg = resolve_profile("quick", "mnist")["adaptive"]["diagnostics"]
     spsa_cfg = dict(resolve_profile("smoke", "mnist")["defend"]["spsa"])
-    _, meta = _diag_unit(t, m, x, y, 0.3, cfg, seed=0)
-    meta |= _spsa_unit(t, x, y, 0.3, spsa_cfg, seed=0)[1]
-    return _checks(meta, cfg, len(y))
+    _, meta = diagnostics_unit(t, m, x, y, 0.3, cfg, seed=0)
+    meta |= spsa_unit(t, x, y, 0.3, spsa_cfg, seed=0)[1]
+    return masking_checks(meta, cfg, len(y))
 
 
 def test_masking_checks_on_real_models_flag_a_saturated_decoy_and_pass_a_smooth_one():

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from luring.attacks import Ensemble, bpda, worst_case_search
-from luring.experiments.adaptive import _family_unit, ensemble_settings, transform_settings
-from luring.experiments.profiles import attacker_lines, resolve_profile
-from luring.experiments.public import _judge, breakdown, public_settings
+from luring.experiments.disclosure import attacker_lines
+from luring.experiments.family import breakdown, ensemble_settings, family_unit, transform_settings
+from luring.experiments.profiles import resolve_profile
+from luring.experiments.public import judge, public_settings
 from luring.report.adaptive import broken_by_table
 from tests.helpers import tiny
 
@@ -71,7 +72,7 @@ def test_family_unit_parts_and_their_worst_case():
            "transforms": [{"attack": "sia", "num_copies": 2}],
            "attacker": {"ensemble": {"weights": [0.5, 0.5], "settings": [{"attack": "mim"}],
                                      "passes": [["margin", "bpda", "logits"]]}}}
-    t, meta = _family_unit(model, target, x, y, 0.3, cfg, 7, attacker)
+    t, meta = family_unit(model, target, x, y, 0.3, cfg, 7, attacker)
     assert meta["parts"] == ["family", "transforms", "ensemble"]
     for k in ("t_ok", "m_ok", "defended"):
         every = t[f"part_family_{k}"] & t[f"part_transforms_{k}"] & t[f"part_ensemble_{k}"]
@@ -79,7 +80,7 @@ def test_family_unit_parts_and_their_worst_case():
     assert {s["part"] for s in meta["per_setting"]} == {"family", "transforms", "ensemble"}
     # without the attacker and the transforms the unit is the family alone, as before
     plain = {k: v for k, v in cfg.items() if k not in ("transforms", "attacker")}
-    t0, m0 = _family_unit(model, target, x, y, 0.3, plain, 7)
+    t0, m0 = family_unit(model, target, x, y, 0.3, plain, 7)
     assert m0["parts"] == ["family"]
     assert torch.equal(t0["all_defended"], t["part_family_defended"])
     # the ensemble part is T (through BPDA) and S, attacked on T's predictions
@@ -111,7 +112,7 @@ def test_public_judge_is_the_worst_case_over_crafted_sets():
     model, target = tiny(0), tiny(1)
     x, y = _data(6)
     crafted = [x, x.flip(-1)]
-    out = _judge(model, target, crafted, y)
+    out = judge(model, target, crafted, y)
     for xa in crafted:
         tp, mp = model(xa).argmax(1), target(xa).argmax(1)
         assert not (out["defended"] & ~((mp == y) | (tp != mp))).any()

@@ -92,22 +92,27 @@ def test_attack_cli_transfer_attack_margin_bpda_and_n_alias(source_dir, tmp_path
 
 
 def test_attack_cli_defense_source(trained_mnist_target, tmp_path, monkeypatch):
-    # a stand-in for luring.defense with its announced API: load(DIR, device).augmented
+    # a stand-in for luring.defense with its announced API: defense_method(DIR) says whether
+    # DIR is a defense directory, load(DIR, device, augmented=True) gives T = M∘P and its meta
     calls = []
 
-    def load(directory, device="cpu"):
-        calls.append((Path(directory), str(device)))
-        return types.SimpleNamespace(augmented=trained_mnist_target[0])
+    def defense_method(directory):
+        calls.append(("method", Path(directory)))
+        return "luring"
 
-    monkeypatch.setitem(sys.modules, "luring.defense", types.SimpleNamespace(load=load))
+    def load(directory, device="cpu", *, augmented=False):
+        calls.append(("load", Path(directory), str(device), augmented))
+        return types.SimpleNamespace(augmented=trained_mnist_target[0],
+                                     meta={"format": "luring-defense/1", "dataset": "mnist-5k"})
+
+    monkeypatch.setitem(sys.modules, "luring.defense",
+                        types.SimpleNamespace(defense_method=defense_method, load=load))
     src = tmp_path / "defense"
     src.mkdir()
-    (src / "defense.json").write_text(json.dumps({"format": "luring-defense/1",
-                                                  "dataset": "mnist-5k"}))
     out = tmp_path / "out"
     assert run(["attack", "--source", str(src), "--attack", "fgsm", "--eps", "0.2",
                 "--images", "4", "--out", str(out), "--device", "cpu"]) == 0
-    assert calls == [(src, "cpu")]
+    assert calls == [("method", src), ("load", src, "cpu", True)]
     meta = json.loads((out / "attack.json").read_text())
     assert meta["source_kind"] == "defense" and meta["dataset"] == "mnist-5k"
 

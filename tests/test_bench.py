@@ -149,7 +149,8 @@ def test_absent_library_is_reported_none(monkeypatch):
                                           ("art_mim", "art")])
 def test_library_contender_runs_when_installed(name, module):
     pytest.importorskip(module)
-    from luring.benchmarks.workloads import build_contender, build_env
+    from luring.benchmarks.env import build_env
+    from luring.benchmarks.workloads import build_contender
 
     cfg = dataclasses.replace(preset("tiny"), batch=2, steps=1, agree_images=2)
     env = build_env(cfg, torch.device("cpu"), 0)

@@ -228,11 +228,16 @@ def test_trapdoor_method_writes_its_contract(trapdoor_dir, capsys):
     assert meta["clean"]["n"] == 200
     trapped = load_trapdoor(trapdoor_dir)
     assert trapped.threshold == meta["threshold"] and trapped.meta["seed"] == 3
-    # load() is for M∘P defenses: one line naming the loader to use
+    # load() loads any defense directory; asked for T = M∘P, one line naming the trapdoor's
+    assert load(trapdoor_dir).threshold == trapped.threshold
     with pytest.raises(luring.errors.LuringError, match="load_trapdoor"):
-        load(trapdoor_dir)
+        load(trapdoor_dir, augmented=True)
     code, _, err = run_cli(["export", "--defense", trapdoor_dir, "--format", "torchscript",
                             "--out", trapdoor_dir.parent / "t.pt"], capsys)
+    assert code == 2 and "load_trapdoor" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["attack", "--source", trapdoor_dir, "--attack", "fgsm", "--eps",
+                            "0.1", "--images", "2", "--out", trapdoor_dir.parent / "adv",
+                            "--device", "cpu"], capsys)
     assert code == 2 and "load_trapdoor" in err and len(err.strip().splitlines()) == 1
 
 

@@ -20,7 +20,7 @@ from helpers import one_line, run_cli
 
 import luring.data
 from luring.cli.main import main
-from luring.defense import load, load_trapdoor
+from luring.defense import Defense, TrappedModel, defense_method, load, load_trapdoor
 from luring.errors import LuringError
 from luring.models import build, save_checkpoint
 
@@ -48,14 +48,19 @@ def other_target(tmp_path_factory):
     return _save_target(tmp_path_factory.mktemp("other"), 1)
 
 
-@pytest.fixture(autouse=True)
-def tiny_data(monkeypatch, mnist5k):
-    """64 training and 20 test images of mnist-5k for every `luring.data.load`."""
+def _tiny(mnist5k):
+    """A `luring.data.load` giving 64 training and 20 test images of mnist-5k."""
     x_tr, y_tr, x_te, y_te = mnist5k
 
     def fake(name, split="train", root=None):
         return (x_tr[:64], y_tr[:64]) if split == "train" else (x_te[:20], y_te[:20])
-    monkeypatch.setattr(luring.data, "load", fake)
+    return fake
+
+
+@pytest.fixture(autouse=True)
+def tiny_data(monkeypatch, mnist5k):
+    """64 training and 20 test images of mnist-5k for every `luring.data.load`."""
+    monkeypatch.setattr(luring.data, "load", _tiny(mnist5k))
 
 
 def train_args(target, out, *extra):
@@ -63,18 +68,32 @@ def train_args(target, out, *extra):
             "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--allow-weak", *extra]
 
 
+def _write_once(argv, mnist5k) -> None:
+    """`luring argv` on the tiny data, for a module-scoped fixture (no `monkeypatch`)."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(luring.data, "load", _tiny(mnist5k))
+    try:
+        assert main([str(a) for a in argv]) == 0
+    finally:
+        mp.undo()
+
+
 @pytest.fixture(scope="module")
 def built(target_dir, tmp_path_factory, mnist5k):
     """A defense directory written by `train-defense` (kept unmodified: tests copy it)."""
-    mp = pytest.MonkeyPatch()
-    x_tr, y_tr, x_te, y_te = mnist5k
-    mp.setattr(luring.data, "load", lambda name, split="train", root=None:
-               (x_tr[:64], y_tr[:64]) if split == "train" else (x_te[:20], y_te[:20]))
     out = tmp_path_factory.mktemp("built") / "def"
-    try:
-        assert main([str(a) for a in train_args(target_dir, out)]) == 0
-    finally:
-        mp.undo()
+    _write_once(train_args(target_dir, out), mnist5k)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trapdoor_built(target_dir, tmp_path_factory, mnist5k):
+    """A trapdoor defense directory written by `train-defense --method trapdoor` (kept
+    unmodified: tests copy it)."""
+    out = tmp_path_factory.mktemp("trapdoor") / "td"
+    _write_once(["train-defense", "--target", target_dir, "--out", out, "--method", "trapdoor",
+                 "--profile", "quick", "--epochs", "1", "--clean-epochs", "0",
+                 "--batch-size", "32", "--device", "cpu"], mnist5k)
     return out
 
 
@@ -124,18 +143,41 @@ def test_fingerprints_are_recorded_and_a_swapped_file_is_refused(built, other_ta
     assert load(d3).method == "luring"
 
 
-def test_trapdoor_loader_checks_fingerprints(target_dir, other_target, tmp_path, capsys):
-    out = tmp_path / "td"
-    code, _, err = run_cli(["train-defense", "--target", target_dir, "--out", out, "--method",
-                            "trapdoor", "--profile", "quick", "--epochs", "1", "--clean-epochs",
-                            "0", "--batch-size", "32", "--device", "cpu"], capsys)
-    assert code == 0, err
+def test_trapdoor_loader_checks_fingerprints(trapdoor_built, other_target, tmp_path):
+    out = copy_of(trapdoor_built, tmp_path / "td")
     meta = json.loads((out / "defense.json").read_text())
     assert set(meta["fingerprints"]) == {"model", "trapdoor"}
     load_trapdoor(out)
     shutil.copyfile(other_target / "model.safetensors", out / "model.safetensors")
     with pytest.raises(LuringError, match="model.safetensors is not the file"):
         load_trapdoor(out)
+    with pytest.raises(LuringError, match="model.safetensors is not the file"):
+        load(out)  # the one loader checks them too
+
+
+def test_one_loader_for_every_defense_directory(built, trapdoor_built, target_dir, mnist5k):
+    """`luring.defense.load` returns what each method deploys: the trapdoored model for a
+    trapdoor directory, the M∘P Defense for a luring one; `defense_method` says which."""
+    assert defense_method(trapdoor_built) == "trapdoor" and defense_method(built) == "luring"
+    assert defense_method(target_dir) is None  # a target directory: no defense.json
+    x = mnist5k[2][:8]
+    trapped = load(trapdoor_built)
+    assert isinstance(trapped, TrappedModel) and trapped.method == "trapdoor"
+    direct = load_trapdoor(trapdoor_built)
+    assert trapped.threshold == direct.threshold
+    assert torch.equal(trapped.signatures, direct.signatures)
+    assert torch.equal(trapped.detect(x).scores, direct.detect(x).scores)
+    defense = load(built)
+    assert isinstance(defense, Defense) and defense.method == "luring"
+    assert isinstance(load(built, augmented=True), Defense)
+    assert torch.equal(defense.predict(x), load(built, augmented=True).predict(x))
+    for call, word in ((lambda: load(trapdoor_built, augmented=True), "load_trapdoor"),
+                       (lambda: load_trapdoor(built), "not a trapdoor"),
+                       (lambda: load(target_dir), "not a defense directory"),
+                       (lambda: load(target_dir / "missing"), "does not exist")):
+        with pytest.raises(LuringError, match=word) as info:
+            call()
+        assert "\n" not in str(info.value)
 
 
 def test_existing_out_needs_force(built, target_dir, tmp_path, capsys):

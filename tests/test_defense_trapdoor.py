@@ -14,15 +14,13 @@ from luring.defense.trapdoor import (
     TrappedModel,
     batched_features,
     calibrate_threshold,
-    load_trapdoor,
     make_triggers,
     penultimate_layer,
     resolve_trapdoor_settings,
-    save_trapdoor,
-    train_trapdoor,
     trapdoor_settings,
 )
-from luring.defense.trapdoor_train import evaluate_trapdoor
+from luring.defense.trapdoor_store import load_trapdoor, save_trapdoor
+from luring.defense.trapdoor_train import evaluate_trapdoor, train_trapdoor
 from luring.errors import LuringError
 from luring.models import build
 

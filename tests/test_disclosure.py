@@ -10,7 +10,8 @@ import pytest
 
 from luring.defense import settings as defense_settings_module
 from luring.experiments import disclosure
-from luring.experiments.profiles import differences_from_paper, resolve_profile
+from luring.experiments.disclosure import differences_from_paper
+from luring.experiments.profiles import resolve_profile
 from luring.models import train as target_train
 
 CLASS_B = "luring loss (eq. 2): class b is T's top class among the classes ≠ M(x)"
@@ -140,8 +141,8 @@ def test_defense_lines_follow_the_settings(monkeypatch):
     # CIFAR10 Stack's rate set back to the text's 0.1: its schedule line goes
     assert has(diffs("paper", "cifar10"), "stack P trained 200 epochs")
     key = ("cifar10", "stack")
-    monkeypatch.setitem(defense_settings_module._PAPER, key,
-                        {**defense_settings_module._PAPER[key], "lr": 0.1,
+    monkeypatch.setitem(defense_settings_module.APPENDIX_B, key,
+                        {**defense_settings_module.APPENDIX_B[key], "lr": 0.1,
                          "lr_milestones": [[80, 0.01], [120, 0.001]]})
     assert not has(diffs("paper", "cifar10"), "stack P trained")
 

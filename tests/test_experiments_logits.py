@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from luring.experiments.analysis import LOGIT_CLASSES, logit_classes, run_logits
+from luring.experiments.logits import LOGIT_CLASSES, logit_classes, run_logits
 from luring.experiments.store import RunDir
 from luring.metrics import logit_gradients, omega, omega_comparison
 
@@ -59,7 +59,7 @@ def test_run_logits_on_many_classes_matches_the_hand_computation(tmp_path):
 
 
 def test_the_subset_of_classes_is_a_stated_departure(tmp_path):
-    from luring.experiments.analysis import logits_lines
+    from luring.experiments.logits import logits_lines
 
     x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(2))
     with RunDir(tmp_path / "many") as run:

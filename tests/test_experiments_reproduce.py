@@ -115,6 +115,57 @@ def test_run_directory_contents(uninterrupted, target_dir):
     assert f"{mimw['dac']:.3f}" in report
 
 
+GOLDEN = Path(__file__).parent / "data" / "smoke_golden.json"
+
+
+def _environment() -> dict[str, str]:
+    """What decides the bytes of a run besides the code: the CPU (model and ISA), torch."""
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("vendor_id", "model name", "cpu family", "model") and key not in info:
+                info[key] = value.strip()
+            if key == "flags" and "isa" not in info:
+                flags = value.split()
+                info["isa"] = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+                                       if f in flags)
+    except OSError:
+        pass
+    return info | {"torch": torch.__version__.split("+")[0]}
+
+
+def _skeleton(res: dict) -> dict:
+    """What must not change on any machine: the keys, the rows (which experiment, approach,
+    attack, ε, in order), the verdict's attacks, the settings and the disclosure lines."""
+    return {"keys": sorted(res), "rows": [[r["experiment"], r["approach"], r["attack"],
+                                           r["eps"]] for r in res["rows"]],
+            "verdict": [[v["attack"], v["eps"]] for v in res["verdict"]],
+            "sections": {k: sorted(res[k]) for k in ("diagnostics", "roc") if k in res},
+            "settings": res["settings"], "differences": res["differences_from_paper"]}
+
+
+def test_smoke_results_match_the_pinned_run(uninterrupted):
+    """The smoke run's results.json is the one recorded before the package was restructured
+    (issue #25): byte for byte on the machine that recorded it (same CPU and torch), and the
+    same structure, settings and disclosure anywhere else (other kernels round differently).
+    ``LURING_UPDATE_GOLDEN=1`` records it again."""
+    import hashlib
+
+    blob = (uninterrupted / "results.json").read_bytes()
+    res = json.loads(blob)
+    now = {"environment": _environment(), "sha256": hashlib.sha256(blob).hexdigest(),
+           "skeleton": _skeleton(res)}
+    if os.environ.get("LURING_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(json.dumps(now, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    pinned = json.loads(GOLDEN.read_text())
+    assert now["skeleton"] == pinned["skeleton"]
+    if now["environment"] == pinned["environment"]:
+        assert now["sha256"] == pinned["sha256"]
+
+
 def test_sigkill_then_resume_gives_identical_results(tmp_path, target_dir, uninterrupted):
     out = tmp_path / "b"
     proc = subprocess.Popen(CMD + ["--target", str(target_dir), "--out", str(out)],

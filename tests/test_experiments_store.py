@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from luring.errors import LuringError
-from luring.experiments.common import select_images, unit_seed
-from luring.experiments.profiles import differences_from_paper, resolve_profile, step_size
+from luring.experiments.common import unit_seed
+from luring.experiments.context import select_images
+from luring.experiments.disclosure import differences_from_paper
+from luring.experiments.profiles import resolve_profile, step_size
 from luring.experiments.store import RunDir
 
 

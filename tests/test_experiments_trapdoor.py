@@ -57,7 +57,7 @@ def test_detector_decides_dac(trained_mnist_target, images):
 def test_mimw_part_matches_worst_case_search(trained_mnist_target, images):
     """The MIM-W settings give exactly the defend experiment's search results."""
     from luring.attacks import worst_case_search
-    from luring.experiments.defend import mimw_settings
+    from luring.experiments.profiles import mimw_settings
 
     model, _, _ = trained_mnist_target
     x, y = images

@@ -152,10 +152,14 @@ def test_import_target_warns_at_chance_level(tmp_path, capsys):
 
 
 def test_defend_experiment_without_eligible_images():
-    from luring.experiments.defend import run_defend
+    from types import SimpleNamespace
 
-    target = build("mnist-target").eval()
+    from luring.experiments import defend
+
+    none = (torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long), {})
+    ctx = SimpleNamespace(settings={"defend": {"n": 10}, "eps": [0.3]}, seed=0,
+                          target=build("mnist-target").eval(), defenses={"luring": {0: object()}},
+                          images=lambda n, tag: none)
     with pytest.raises(LuringError, match="no test image to attack") as info:
-        run_defend(None, target, {"luring": {0: object()}}, torch.zeros(0, 1, 28, 28),
-                   torch.zeros(0, dtype=torch.long), {"defend": {}, "eps": [0.3]}, 0)
+        defend.run(ctx)
     assert "\n" not in str(info.value)

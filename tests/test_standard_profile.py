@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 
 from luring.data import get_spec
-from luring.experiments.disclosure import PAPER
-from luring.experiments.models import _resolved_defense
-from luring.experiments.profiles import approach_method, differences_from_paper, resolve_profile
+from luring.experiments.disclosure import differences_from_paper
+from luring.experiments.models import resolved_defense
+from luring.experiments.paper import PAPER
+from luring.experiments.profiles import approach_method, resolve_profile
 from luring.models.train import target_settings
 
 
@@ -27,7 +28,7 @@ def test_standard_trains_every_model_as_appendices_a_and_b(dataset, family):
     # every P: appendix B's epochs, batch size, learning rate and milestones; no step budget
     for approach in s["approaches"]:
         method, _ = approach_method(approach)
-        got = _resolved_defense(spec, approach, s)
+        got = resolved_defense(spec, approach, s)
         b = PAPER["defense"][(family, method)]
         assert got["epochs"] == b["epochs"] and got["batch_size"] == b["batch_size"], approach
         # cifar10's stack runs Adam at a tenth of the text's rates (disclosed: it does not
@@ -43,8 +44,8 @@ def test_standard_trains_every_model_as_appendices_a_and_b(dataset, family):
             assert got["lambda"] == PAPER["lambda"][family]
     # equation 2 exactly for luring; the neutrality variant beside it, under its own name
     assert "luring" in s["approaches"] and "luring-neutral" in s["approaches"]
-    exact = _resolved_defense(spec, "luring", s)
-    neutral = _resolved_defense(spec, "luring-neutral", s)
+    exact = resolved_defense(spec, "luring", s)
+    neutral = resolved_defense(spec, "luring-neutral", s)
     assert exact["cap"] is None and exact["margin"] == 0.0
     assert neutral["cap"] == 5.0 and neutral["margin"] == 1.0
     assert {k: v for k, v in neutral.items() if k not in ("cap", "margin")} == \
@@ -78,7 +79,7 @@ def test_quick_profile_settings_are_unchanged_by_the_variants():
     s = resolve_profile("quick", "mnist")
     spec = get_spec("mnist-5k")
     for a in s["approaches"]:
-        assert _resolved_defense(spec, a, s) == resolve_settings(
+        assert resolved_defense(spec, a, s) == resolve_settings(
             defense_settings("mnist", a, "quick", dataset="mnist-5k"), **s["defense"])
 
 
@@ -91,6 +92,7 @@ def test_both_lurings_and_mim_w_alone_run_end_to_end(tmp_path, trained_mnist_tar
     from luring.experiments import profiles
     from luring.experiments.reproduce import reproduce
     from luring.models import save_checkpoint
+    from luring.report import render_report
     from luring.utils import read_json
 
     smoke = profiles.PROFILES["smoke"]
@@ -108,7 +110,8 @@ def test_both_lurings_and_mim_w_alone_run_end_to_end(tmp_path, trained_mnist_tar
                     num_classes=10, dataset="mnist-5k")
     out = tmp_path / "run"
     res = reproduce("mnist-5k", out, profile="smoke", device="cpu", target_dir=str(tdir),
-                    experiments=("defend", "adaptive"), log=lambda m: None)
+                    experiments=("defend", "adaptive"), log=lambda m: None,
+                    on_results=render_report)
     neutral = read_json(out / "models" / "luring-neutral-s0" / "defense.json")
     assert neutral["method"] == "luring"
     assert neutral["config"]["cap"] == 5.0 and neutral["config"]["margin"] == 1.0

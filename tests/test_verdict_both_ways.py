@@ -12,7 +12,7 @@ import torch
 
 from luring.experiments.diagnostics import ATTACK_FAILED_AC_MOP, paired_verdict
 from luring.metrics import newcombe_interval
-from luring.report import figures, print_summary, render_report, tables, verdict_text
+from luring.report import cells, figures, print_summary, render_report, verdict_text
 from luring.report.verdict import comparisons, statement, verdict_counts
 from luring.utils import to_jsonable
 
@@ -110,7 +110,7 @@ def test_directions_p_values_and_intervals():
             assert cmp["ci"][0] <= cmp["difference"] <= cmp["ci"][1]
         assert not c["excluded"]
     assert row["ac_mop"] == {a: 0.0 for a in _FLIPS} and row["attack_failed"] == []
-    assert row["ac_mop_limit"] == ATTACK_FAILED_AC_MOP == tables.ATTACK_FAILED_AC_MOP
+    assert row["ac_mop_limit"] == ATTACK_FAILED_AC_MOP == cells.ATTACK_FAILED_AC_MOP
 
 
 def test_statements():

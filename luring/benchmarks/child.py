@@ -33,8 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     import torch
 
+    from luring.benchmarks.env import build_env
     from luring.benchmarks.memory import measure_peak
-    from luring.benchmarks.workloads import build_contender, build_env
+    from luring.benchmarks.workloads import build_contender
     from luring.utils import atomic_write_json
 
     spec_path, out_path = (argv if argv is not None else sys.argv[1:])[:2]

@@ -1,7 +1,11 @@
-"""What every benchmark contender shares (:class:`Env`: config, device, seed, M, P, inputs)
-and the small pieces the contenders of :mod:`luring.benchmarks.workloads` and
-:mod:`luring.benchmarks.fast` both use (seeded models, attack batches, P's settings and
-per-epoch batches)."""
+"""What every benchmark contender shares: the environment (:class:`Env`: config, device,
+seed, M, P, inputs), the :class:`Contender` record the timer runs, and the small pieces the
+contenders of :mod:`luring.benchmarks.workloads`, :mod:`luring.benchmarks.fast` and
+:mod:`luring.benchmarks.libraries` use (seeded models, attack batches, P's settings and
+per-epoch batches).
+
+The bottom of the benchmark: imports no benchmark module but :mod:`luring.benchmarks.config`.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from luring import precision as prec
 from luring.benchmarks.config import BenchConfig
 from luring.models import Stacked, build
 
-__all__ = ["Env", "build_env", "frozen", "seeded_build", "record_forward_sizes",
+__all__ = ["Env", "Contender", "build_env", "frozen", "seeded_build", "record_forward_sizes",
            "attack_batch", "p_settings", "epoch_batches"]
 
 
@@ -44,6 +48,21 @@ class Env:
     def augmented(self) -> nn.Module:
         """T = M∘P (eval mode, frozen)."""
         return Stacked(self.component, self.target).eval()
+
+
+@dataclass
+class Contender:
+    """One thing to time: ``run()`` does one repetition and returns its work count.
+    ``group``: the contenders it is compared with (scheduled together, see
+    :mod:`luring.benchmarks.timing`). ``notes``: extra per-run measurements a run appends
+    (``train_p``: ``loop_seconds``, the trainer's own optimisation-loop time)."""
+
+    name: str
+    group: str
+    unit: str
+    description: str
+    run: Callable[[], float]
+    notes: dict[str, list[float]] = field(default_factory=dict)
 
 
 def frozen(model: nn.Module) -> nn.Module:

@@ -1,8 +1,11 @@
-"""Bare PyTorch at the hardware's best precision: the plain loops of
-:mod:`luring.benchmarks.workloads` (sign-gradient attack, P's luring step, M's step) run
-under autocast in the best lower precision the device runs fast, with channels-last
-weights — the ceiling luring's own attacks and trainers are held to. Without a faster
-precision (``env.best == "fp32"``) they are the float32 loops.
+"""The bare PyTorch loops luring's attacks and trainers are held to — the plain sign-gradient
+attack, P's luring step and M's step — written once for a precision ``p``.
+
+In ``"fp32"`` they are the plain float32 NCHW loops (autocast is a no-op, the model is M
+itself and batches keep their layout): the ``bare_loop`` / ``bare_step_p`` / ``bare_step_m``
+contenders. In ``env.best``, the best lower precision the device runs fast, they run under
+autocast with channels-last weights — the ceiling the hardware gives (the ``*_best``
+contenders); without a faster precision (``env.best == "fp32"``) those are the float32 loops.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from luring import precision as prec
 from luring.benchmarks.env import Env, attack_batch, epoch_batches, p_settings, seeded_build
 from luring.models import Stacked
 
-__all__ = ["bare_loop_best", "bare_step_p_best", "bare_step_m_best"]
+__all__ = ["bare_loop", "bare_step_p", "bare_step_m", "bare_loop_best", "bare_step_p_best",
+           "bare_step_m_best"]
 
 
-def bare_loop_best(env: Env) -> Callable[[], float]:
-    """The plain sign-gradient loop on M in ``env.best`` (autocast + channels-last twin)."""
+def bare_loop(env: Env, p: str) -> Callable[[], float]:
+    """The plain sign-gradient loop on M (requires_grad, CE, autograd.grad, sign step,
+    clamp) in precision ``p`` (below float32: autocast + the channels-last twin of M)."""
     x, y = attack_batch(env, env.cfg.batch)
-    p = env.best
     model = prec.gradient_twin(env.target, p)
     eps, alpha = env.cfg.eps, env.cfg.alpha
 
@@ -41,14 +45,16 @@ def bare_loop_best(env: Env) -> Callable[[], float]:
     return run
 
 
-def bare_step_p_best(env: Env) -> Callable[[], float]:
-    """``workloads._bare_step_p`` in ``env.best``."""
+def bare_step_p(env: Env, p: str) -> Callable[[], float]:
+    """The minimal plain loop of Algorithm 1 in precision ``p``: M's logits on the training
+    images once (one no_grad forward: the luring loss needs them), then plain Adam steps on
+    P through T = M∘P with the luring loss, over the same batches as the trainer."""
     from luring.defense.loss import luring_loss
 
     s = p_settings(env)
     x = env.x_train[:env.cfg.train_images].to(env.device)
     batches = epoch_batches(len(x), s["batch_size"])
-    lam, lr, p = float(s["lambda"]), float(s["lr"]), env.best
+    lam, lr = float(s["lambda"]), float(s["lr"])
     target = prec.gradient_twin(env.target, p)
 
     def run() -> float:
@@ -71,9 +77,9 @@ def bare_step_p_best(env: Env) -> Callable[[], float]:
     return run
 
 
-def bare_step_m_best(env: Env) -> Callable[[], float]:
-    """Plain Adam steps on a fresh M with cross-entropy, in ``env.best``."""
-    c, p = env.cfg, env.best
+def bare_step_m(env: Env, p: str) -> Callable[[], float]:
+    """Plain Adam steps on a fresh M with cross-entropy (lr 1e-3, the paper's), in ``p``."""
+    c = env.cfg
     x = env.x_train[:c.train_images].to(env.device)
     y = env.y_train[:c.train_images].to(env.device)
 
@@ -92,3 +98,18 @@ def bare_step_m_best(env: Env) -> Callable[[], float]:
         return float(len(x) * c.m_epochs)
 
     return run
+
+
+def bare_loop_best(env: Env) -> Callable[[], float]:
+    """:func:`bare_loop` in ``env.best``."""
+    return bare_loop(env, env.best)
+
+
+def bare_step_p_best(env: Env) -> Callable[[], float]:
+    """:func:`bare_step_p` in ``env.best``."""
+    return bare_step_p(env, env.best)
+
+
+def bare_step_m_best(env: Env) -> Callable[[], float]:
+    """:func:`bare_step_m` in ``env.best``."""
+    return bare_step_m(env, env.best)

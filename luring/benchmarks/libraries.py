@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from luring.benchmarks.workloads import Env, attack_batch
+from luring.benchmarks.env import Env, attack_batch
 
 __all__ = ["available", "LIBRARY_CONTENDERS", "LIBRARIES", "agreement"]
 

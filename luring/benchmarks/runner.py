@@ -22,11 +22,12 @@ import torch
 from luring import precision as prec
 from luring.benchmarks import memory
 from luring.benchmarks.config import LOWER_PRECISION_TARGETS, TARGETS, BenchConfig
+from luring.benchmarks.env import Contender, Env, build_env
 from luring.benchmarks.libraries import agreement, available
 from luring.benchmarks.peak import fractions, matmul_peak, work_flops
 from luring.benchmarks.report import evaluate_targets
 from luring.benchmarks.timing import interleaved, ratio, run_interleaved, stats
-from luring.benchmarks.workloads import CONTENDERS, Contender, Env, build_contender, build_env
+from luring.benchmarks.workloads import CONTENDERS, build_contender
 from luring.utils import atomic_write_json, resolve_device, versions
 
 __all__ = ["run_benchmark", "environment", "measure_demo", "FORMAT"]

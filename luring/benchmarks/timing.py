@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from luring.benchmarks.workloads import Contender
+from luring.benchmarks.env import Contender
 
 __all__ = ["sync", "stats", "rotation", "schedule", "run_interleaved", "interleaved", "ratio"]
 

@@ -1,10 +1,14 @@
 """The benchmark's contenders: luring's attacks and trainers and the bare loops they are
-compared with, all on one model, batch and device.
+compared with, all on one model, batch and device; :func:`build_contender` builds any of
+them by name, the other libraries' (:mod:`luring.benchmarks.libraries`) included. The bare
+sign-gradient loop and training steps, in float32 and in the best precision, are written
+once in :mod:`luring.benchmarks.fast`.
 
-A :class:`Contender` is a name, a unit and a ``run()`` that does one repetition of work and
-returns how much it did (images, image-iterations or queries), so throughput is
-``work / seconds``. Everything a contender needs is made when it is built (models, inputs,
-the forward batch sizes an attack uses), so ``run()`` times only the work itself.
+A :class:`~luring.benchmarks.env.Contender` is a name, a unit and a ``run()`` that does one
+repetition of work and returns how much it did (images, image-iterations or queries), so
+throughput is ``work / seconds``. Everything a contender needs is made when it is built
+(models, inputs, the forward batch sizes an attack uses), so ``run()`` times only the work
+itself.
 
 Models: M is the paper's MNIST target (``mnist-target``, table 2), trained one epoch on
 mnist-5k with :func:`luring.models.train.train_target` unless the config says otherwise;
@@ -16,7 +20,6 @@ attacks do themselves), so all contenders see the same model state.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -24,34 +27,16 @@ from torch import nn
 
 from luring.benchmarks import fast
 from luring.benchmarks.env import (
+    Contender,
     Env,
     attack_batch,
-    build_env,
     epoch_batches,
-    frozen,
     p_settings,
     record_forward_sizes,
-    seeded_build,
 )
-from luring.models import Stacked
+from luring.benchmarks.libraries import LIBRARY_CONTENDERS
 
-__all__ = ["Contender", "Env", "build_env", "build_contender", "CONTENDERS", "frozen",
-           "record_forward_sizes", "attack_batch"]
-
-
-@dataclass
-class Contender:
-    """One thing to time: ``run()`` does one repetition and returns its work count.
-    ``group``: the contenders it is compared with (scheduled together, see
-    :mod:`luring.benchmarks.timing`). ``notes``: extra per-run measurements a run appends
-    (``train_p``: ``loop_seconds``, the trainer's own optimisation-loop time)."""
-
-    name: str
-    group: str
-    unit: str
-    description: str
-    run: Callable[[], float]
-    notes: dict[str, list[float]] = field(default_factory=dict)
+__all__ = ["Contender", "build_contender", "CONTENDERS"]
 
 
 # ---- gradient group ---------------------------------------------------------------------
@@ -64,24 +49,6 @@ def _bare_fwd_bwd(env: Env, model: nn.Module) -> Callable[[], float]:
             loss = F.cross_entropy(model(xx), y, reduction="sum")
             torch.autograd.grad(loss, xx)
         return float(len(x) * env.cfg.passes)
-
-    return run
-
-
-def _bare_loop(env: Env) -> Callable[[], float]:
-    """The plain iterative attack: requires_grad, CE, autograd.grad, sign step, clamp."""
-    x, y = attack_batch(env, env.cfg.batch)
-    model, eps, alpha = env.target, env.cfg.eps, env.cfg.alpha
-
-    def run() -> float:
-        x_adv = x.clone()
-        for _ in range(env.cfg.steps):
-            x_adv.requires_grad_(True)
-            loss = F.cross_entropy(model(x_adv), y, reduction="sum")
-            (g,) = torch.autograd.grad(loss, x_adv)
-            x_adv = x_adv.detach() + alpha * g.sign()
-            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0, 1)
-        return float(len(x) * env.cfg.steps)
 
     return run
 
@@ -140,28 +107,19 @@ def _mimw_grid(env: Env, together: int, notes: dict[str, list[float]]) -> Callab
 
 
 # ---- query group ------------------------------------------------------------------------
-def _spsa(env: Env) -> Callable[[], float]:
-    from luring.attacks import SPSA
+def _query_attack(env: Env, name: str) -> Callable[[], float]:
+    """luring's SPSA or ECO on M with true labels; its work is the queries it made."""
+    from luring.attacks import ECO, SPSA
 
     c = env.cfg
-    atk = SPSA(env.target, eps=c.eps, steps=c.spsa_steps, samples=c.spsa_samples,
-               chunk_size=c.spsa_chunk, seed=env.seed)
-    x, y = attack_batch(env, c.spsa_images)
-
-    def run() -> float:
-        atk(x, y)
-        return float(atk.n_queries)
-
-    return run
-
-
-def _eco(env: Env) -> Callable[[], float]:
-    from luring.attacks import ECO
-
-    c = env.cfg
-    atk = ECO(env.target, eps=c.eps, max_queries=c.eco_queries, block_size=c.eco_block,
-              seed=env.seed)
-    x, y = attack_batch(env, c.eco_images)
+    if name == "spsa":
+        atk = SPSA(env.target, eps=c.eps, steps=c.spsa_steps, samples=c.spsa_samples,
+                   chunk_size=c.spsa_chunk, seed=env.seed)
+        x, y = attack_batch(env, c.spsa_images)
+    else:
+        atk = ECO(env.target, eps=c.eps, max_queries=c.eco_queries, block_size=c.eco_block,
+                  seed=env.seed)
+        x, y = attack_batch(env, c.eco_images)
 
     def run() -> float:
         atk(x, y)
@@ -174,8 +132,7 @@ def _bare_forward(env: Env, attack: str) -> Callable[[], float]:
     """``torch.no_grad`` forwards of M on exactly the batch sizes ``attack`` used (recorded
     once from a run of the attack, or given in ``env.sizes``)."""
     if attack not in env.sizes:
-        make = _spsa if attack == "spsa" else _eco
-        env.sizes[attack] = record_forward_sizes(env.target, make(env))
+        env.sizes[attack] = record_forward_sizes(env.target, _query_attack(env, attack))
     sizes = env.sizes[attack]
     gen = torch.Generator().manual_seed(env.seed)
     buf = torch.rand(max(sizes, default=1), *env.x_test.shape[1:], generator=gen).to(env.device)
@@ -210,33 +167,6 @@ def _train_p(env: Env, notes: dict[str, list[float]]) -> Callable[[], float]:
     return run
 
 
-def _bare_step_p(env: Env) -> Callable[[], float]:
-    """The minimal plain loop of Algorithm 1: M's logits on the training images once (one
-    no_grad forward: the luring loss needs them), then plain Adam steps on P through
-    T = M∘P with the luring loss, over the same batches as the trainer."""
-    from luring.defense.loss import luring_loss
-
-    s = p_settings(env)
-    x = env.x_train[:env.cfg.train_images].to(env.device)
-    batches = epoch_batches(len(x), s["batch_size"])
-    lam, lr = float(s["lambda"]), float(s["lr"])
-
-    def run() -> float:
-        with torch.no_grad():
-            m_logits = env.target(x)
-        comp = seeded_build("mnist-component", env.seed).to(env.device).train()
-        t = Stacked(comp, env.target)
-        opt = torch.optim.Adam(comp.parameters(), lr=lr)
-        for _ in range(s["epochs"]):
-            for a, b in batches:
-                opt.zero_grad(set_to_none=True)
-                luring_loss(t(x[a:b]), m_logits[a:b], lam).backward()
-                opt.step()
-        return float(sum(b - a for a, b in batches) * s["epochs"])
-
-    return run
-
-
 def _train_m(env: Env) -> Callable[[], float]:
     from luring.models.train import target_settings, train_target
 
@@ -252,25 +182,6 @@ def _train_m(env: Env) -> Callable[[], float]:
     return run
 
 
-def _bare_step_m(env: Env) -> Callable[[], float]:
-    """Plain Adam steps on a fresh M with cross-entropy (lr 1e-3, the paper's)."""
-    c = env.cfg
-    x = env.x_train[:c.train_images].to(env.device)
-    y = env.y_train[:c.train_images].to(env.device)
-
-    def run() -> float:
-        model = seeded_build("mnist-target", env.seed).to(env.device).train()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        for _ in range(c.m_epochs):
-            for i in range(0, len(x), c.m_batch):
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x[i:i + c.m_batch]), y[i:i + c.m_batch]).backward()
-                opt.step()
-        return float(len(x) * c.m_epochs)
-
-    return run
-
-
 #: name → (group, unit, description, builder(env) -> run; None: built in build_contender)
 CONTENDERS: dict[str, tuple[str, str, str, Callable[[Env], Callable[[], float]] | None]] = {
     "bare_fwd_bwd_m": ("fwd_bwd", "images/s", "bare forward+backward (input gradient) of M",
@@ -279,7 +190,7 @@ CONTENDERS: dict[str, tuple[str, str, str, Callable[[Env], Callable[[], float]] 
                        "T = M∘P", lambda e: _bare_fwd_bwd(e, e.augmented)),
     "bare_loop": ("gradient", "image-iterations/s", "plain sign-gradient loop on M "
                   "(requires_grad, CE, autograd.grad, sign step, clamp), float32 NCHW",
-                  _bare_loop),
+                  lambda e: fast.bare_loop(e, "fp32")),
     "bare_loop_best": ("gradient", "image-iterations/s", "the same loop in the best "
                        "precision (autocast + channels-last; float32 without one)",
                        fast.bare_loop_best),
@@ -305,22 +216,24 @@ CONTENDERS: dict[str, tuple[str, str, str, Callable[[Env], Callable[[], float]] 
                            "MIM-W grid on T, one setting at a time", None),
     "mimw_batched": ("mimw_grid", "image-iterations/s", "the same search with the 9 settings "
                      "in one batched pass per step (together=9)", None),
-    "spsa": ("spsa", "queries/s", "luring.attacks.SPSA on M (n_queries)", _spsa),
+    "spsa": ("spsa", "queries/s", "luring.attacks.SPSA on M (n_queries)",
+             lambda e: _query_attack(e, "spsa")),
     "bare_forward_spsa": ("spsa", "queries/s", "no_grad forwards of M on SPSA's batch sizes",
                           lambda e: _bare_forward(e, "spsa")),
-    "eco": ("eco", "queries/s", "luring.attacks.ECO on M (n_queries)", _eco),
+    "eco": ("eco", "queries/s", "luring.attacks.ECO on M (n_queries)",
+            lambda e: _query_attack(e, "eco")),
     "bare_forward_eco": ("eco", "queries/s", "no_grad forwards of M on ECO's batch sizes",
                          lambda e: _bare_forward(e, "eco")),
     "train_p": ("train_p", "images/s", "luring.defense.train_defense (luring loss), P of "
                 "T = M∘P, M frozen", None),
     "bare_step_p": ("train_p", "images/s", "M's logits once, then plain Adam steps on P, "
                     "luring loss through M∘P, float32 NCHW",
-                    _bare_step_p),
+                    lambda e: fast.bare_step_p(e, "fp32")),
     "bare_step_p_best": ("train_p", "images/s", "the same steps in the best precision",
                          fast.bare_step_p_best),
     "train_m": ("train_m", "images/s", "luring.models.train.train_target (M, CE)", _train_m),
     "bare_step_m": ("train_m", "images/s", "plain Adam step on M with CE, float32 NCHW",
-                    _bare_step_m),
+                    lambda e: fast.bare_step_m(e, "fp32")),
     "bare_step_m_best": ("train_m", "images/s", "the same steps in the best precision",
                          fast.bare_step_m_best),
 }
@@ -340,7 +253,5 @@ def build_contender(name: str, env: Env) -> Contender:
     if name in CONTENDERS:
         group, unit, desc, make = CONTENDERS[name]
         return Contender(name, group, unit, desc, make(env))  # type: ignore[misc]
-    from luring.benchmarks.libraries import LIBRARY_CONTENDERS
-
     group, unit, desc, make = LIBRARY_CONTENDERS[name]
     return Contender(name, group, unit, desc, make(env))

@@ -55,7 +55,6 @@ from luring.utils import (
     atomic_write_json,
     ensure_dir,
     progress,
-    read_json,
     versions,
 )
 
@@ -154,15 +153,11 @@ def _load_source(src: Path, device: torch.device) -> tuple[torch.nn.Module, str 
     if not src.is_dir():
         raise LuringError(f"--source {src} is not a directory; pass a target directory "
                           "(model.json) or a defense directory (defense.json)")
-    if (src / "defense.json").exists():
-        meta = read_json(src / "defense.json")
-        try:
-            from luring.defense import load as load_defense
-        except ImportError:
-            raise LuringError("this installation has no defense stage (luring.defense); "
-                              "attack a target directory instead") from None
-        model = load_defense(src, device).augmented
-        return model, meta.get("dataset") if isinstance(meta, dict) else None, "defense"
+    from luring.defense import defense_method, load
+
+    if defense_method(src) is not None:  # a defense directory (an unreadable one: one line)
+        defense = load(src, device, augmented=True)  # T = M∘P (a trapdoor one: one line)
+        return defense.augmented, defense.meta.get("dataset"), "defense"
     if (src / "model.json").exists():
         from luring.models import load_checkpoint
 

@@ -284,25 +284,12 @@ def _train_trapdoor(args: argparse.Namespace, target_dir: Path, tmeta: dict, dat
     return 0
 
 
-def _method_of(directory: str) -> str | None:
-    """The ``method`` of a defense directory's defense.json (None when unreadable: load()
-    then gives the one-line error)."""
-    from luring.utils import read_json
-
-    path = Path(directory) / "defense.json"
-    try:
-        meta = read_json(path) if path.is_file() else None
-    except Exception:  # a broken file: load() names it
-        return None
-    return meta.get("method") if isinstance(meta, dict) else None
-
-
 def _detect_trapdoor(args: argparse.Namespace) -> int:
     """``luring detect`` on a trapdoor directory: one JSON line {input, index, label, score,
     flagged} per input (the trapdoored model's label, the cosine similarity with that label's
     signature, and score > the stored threshold)."""
+    from luring.defense import load
     from luring.defense.inputs import read_inputs
-    from luring.defense.trapdoor_train import load_trapdoor
     from luring.errors import LuringError
 
     for value, flag in ((args.rule, "--rule"), (args.fpr, "--fpr"),
@@ -310,7 +297,7 @@ def _detect_trapdoor(args: argparse.Namespace) -> int:
         if value is not None:
             raise LuringError(f"{flag} does not apply to a trapdoor defense (its threshold is "
                               "the stored one); drop it")
-    trapped = load_trapdoor(args.defense, device=args.device)
+    trapped = load(args.defense, device=args.device)  # a trapdoored model
     for name, images in read_inputs(args.inputs, trapped.input_shape):
         det = trapped.detect(images, batch_size=args.batch_size)
         for i in range(len(images)):
@@ -323,12 +310,12 @@ def _detect_trapdoor(args: argparse.Namespace) -> int:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from luring.defense.deploy import load
+    from luring.defense import defense_method, load
     from luring.defense.inputs import read_inputs
 
-    if _method_of(args.defense) == TRAPDOOR:
+    if defense_method(args.defense) == TRAPDOOR:
         return _detect_trapdoor(args)
-    defense = load(args.defense, device=args.device)
+    defense = load(args.defense, device=args.device, augmented=True)
     confidence = _confidence_of(args)
     op = defense.operating_point(args.rule, args.fpr, confidence)  # fails before any input
     batches = read_inputs(args.inputs, defense.input_shape)
@@ -350,7 +337,7 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from luring.defense.deploy import load
+    from luring.defense import load
     from luring.defense.export import export_augmented
     from luring.errors import LuringError
 
@@ -361,7 +348,7 @@ def _export(args: argparse.Namespace) -> int:
     if out.exists() and not args.force:
         raise LuringError(f"--out {out} already exists; pass --force to replace it, or choose "
                           "another --out")
-    defense = load(args.defense, device="cpu")
+    defense = load(args.defense, device="cpu", augmented=True)  # T = M∘P
     path = export_augmented(defense, args.fmt, args.out)
     print(f"wrote {path}: T = M∘P ({defense.method}) as {args.fmt}, input "
           f"(N, {', '.join(map(str, defense.input_shape))})")

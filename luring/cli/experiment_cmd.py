@@ -1,7 +1,8 @@
-"""``luring reproduce``, ``luring demo`` and one command per experiment (``characterize``,
-``defend``, ``distortion``, ``logits``, ``saliency``): train or reuse M and the four P, run the
-paper's protocol, write ``config.json``, ``results.json``, CSV tables, ``report.md`` and PNG
-figures. Every finished unit is kept; rerunning the same command resumes."""
+"""``luring reproduce``, ``luring demo`` and one command per registered experiment
+(:mod:`luring.experiments.registry`: ``characterize``, ``defend``, ``adaptive``, ...): train or
+reuse M and the four P, run the paper's protocol, write ``config.json``, ``results.json``, CSV
+tables, ``report.md`` and PNG figures. Every finished unit is kept; rerunning the same command
+resumes."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ import argparse
 import sys
 
 from luring.cli.common import add_common, pos_int
-from luring.experiments.profiles import EXPERIMENTS, EXTRA_EXPERIMENTS
+from luring.experiments import registry
 
 __all__ = ["register"]
 
 
 def _experiment_list(text: str) -> tuple[str, ...]:
-    """``--experiments a,b``: names of EXPERIMENTS or EXTRA_EXPERIMENTS, comma-separated."""
+    """``--experiments a,b``: names of registered experiments, comma-separated."""
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    known = EXPERIMENTS + EXTRA_EXPERIMENTS
+    known = registry.names()
     bad = [n for n in names if n not in known]
     if bad or not names:
         raise argparse.ArgumentTypeError(
@@ -33,9 +34,9 @@ def _options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
         p.add_argument("--profile", default="quick",
                        choices=["quick", "standard", "paper", "smoke"],
                        help="quick (minutes on a CPU), standard (every model at the paper's "
-                       "training budget, an evaluation sized to decide: about an hour on "
-                       "mnist-5k with bf16), paper (the paper's protocol in full), smoke "
-                       "(seconds; for tests)")
+                       "training budget, an evaluation sized to decide: 1-1.5 hours per "
+                       "seed on mnist-5k on a 2-core CPU with bf16), paper (the paper's "
+                       "protocol in full), smoke (seconds; for tests)")
     p.add_argument("--data-dir", default=None, help="data root (default $LURING_DATA or cache)")
     p.add_argument("--seeds", type=pos_int, default=1,
                    help="train each P with this many seeds and report mean ± std")
@@ -56,42 +57,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     _options(p)
     p.add_argument("--experiments", type=_experiment_list, default=None, metavar="A,B",
                    help=f"experiments to run, comma-separated (default: "
-                   f"{','.join(EXPERIMENTS)}; also {', '.join(EXTRA_EXPERIMENTS)}: "
-                   "appendices H.2 and I)")
-    p.set_defaults(handler=lambda a: _run(a, a.experiments or EXPERIMENTS))
+                   f"{','.join(registry.names(default=True))}; also "
+                   f"{', '.join(registry.names(default=False))})")
+    p.set_defaults(handler=lambda a: _run(a, a.experiments))
     p = sub.add_parser("demo", help="reproduce on mnist-5k with the quick profile into "
-                       "./luring-demo (about 10 minutes on a 2-core CPU)")
+                       "./luring-demo (about 5 minutes on a 2-core CPU with bf16 units)")
     _options(p, demo=True)
-    p.set_defaults(handler=lambda a: _run(a, EXPERIMENTS, dataset="mnist-5k", profile="quick"))
-    for name, text in [("characterize", "section 3: DR and IAR of FGSM, PGD, MIM, MIM-L2 "
-                        "(figure 2)"),
-                       ("defend", "section 4: SPSA, ECO and MIM-W against each approach "
-                        "(tables 1 and 14)"),
-                       ("adaptive", "adaptive evaluation (not in the paper): the enlarged "
-                        "attack family with margin loss and BPDA, a substitute-model attacker, "
-                        "gradient-masking checks and the paired verdict"),
-                       ("distortion", "CW-L2 distortion (table 9, figure 3 left)"),
-                       ("logits", "logits analysis Ω_c (table 10)"),
-                       ("saliency", "saliency maps ∇ₓP(x) (figure 3 right)"),
-                       ("advtrain", "appendix H.2: luring on an adversarially trained M "
-                        "(tables 18 and 19)"),
-                       ("trapdoor", "appendix I: a trapdoored model (Shan et al. 2019) as the "
-                        "public model, beside luring (table 20)")]:
-        p = sub.add_parser(name, help=text, description=text + ". Trains what is missing.")
+    p.set_defaults(handler=lambda a: _run(a, None, dataset="mnist-5k", profile="quick"))
+    for exp in registry.experiments():
+        p = sub.add_parser(exp.name, help=exp.summary,
+                           description=exp.summary + ". Trains what is missing.")
         _options(p)
-        p.set_defaults(handler=lambda a, n=name: _run(a, (n,)))
+        p.set_defaults(handler=lambda a, n=exp.name: _run(a, (n,)))
 
 
-def _run(args: argparse.Namespace, experiments: tuple[str, ...], **fixed) -> int:
+def _run(args: argparse.Namespace, experiments: tuple[str, ...] | None, **fixed) -> int:
     from luring.experiments import reproduce
-    from luring.report import print_summary
+    from luring.report import print_summary, render_report
 
     dataset = fixed.get("dataset", getattr(args, "dataset", "mnist-5k"))
     profile = fixed.get("profile", getattr(args, "profile", "quick"))
     results = reproduce(dataset, args.out, profile=profile, seed=args.seed, seeds=args.seeds,
                         device=args.device, data_dir=args.data_dir, experiments=experiments,
                         target_dir=args.target, restart=args.restart,
-                        log=lambda m: print(m, file=sys.stderr))
+                        log=lambda m: print(m, file=sys.stderr), on_results=render_report)
     if not results:  # a helper process of a torchrun run: rank 0 reports
         return 0
     print(print_summary(results))

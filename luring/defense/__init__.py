@@ -5,10 +5,19 @@ a label-free calibrated operating point) and export of T.
 
 Main entry points: :func:`luring_loss`, :func:`defense_settings`, :func:`train_defense`,
 :func:`evaluate_clean`, :func:`save_defense`, :func:`build_defense` (the three in one
-call, with the detector's calibration), :func:`load` (→ :class:`Defense`),
-:func:`export_augmented`; detection: :func:`score` (:data:`SCORES`), :func:`calibrate`,
-:func:`operating_point`. Trapdoor (Shan et al. 2019, paper appendix I): :func:`trapdoor_settings`,
-:func:`train_trapdoor`, :func:`build_trapdoor`, :func:`load_trapdoor` (→ :class:`TrappedModel`).
+call, with the detector's calibration), :func:`load` (any defense directory: →
+:class:`Defense`, or :class:`TrappedModel` for a trapdoor one; :func:`defense_method` says
+which a directory holds), :func:`export_augmented`; detection: :func:`score`
+(:data:`SCORES`), :func:`calibrate`, :func:`operating_point`. Trapdoor (Shan et al. 2019, paper
+appendix I): :func:`trapdoor_settings`, :func:`train_trapdoor`, :func:`build_trapdoor`,
+:func:`load_trapdoor` (→ :class:`TrappedModel`).
+
+Modules, each importing only those listed before it: ``settings``, ``loss``, ``scores``,
+``schedule``, ``calibrate``, ``evaluate``, ``directory`` (what every defense directory has),
+``publish`` (writing one as a whole), ``parallel``, ``plans`` (what each method trains),
+``train`` (the training loop), ``deploy`` (the M∘P directory and :class:`Defense`), ``build``,
+``trapdoor`` (the method), ``trapdoor_store`` (its directory), ``trapdoor_train``, ``loader``
+(:func:`load`), ``export``, ``inputs``.
 """
 
 from luring.defense.build import build_defense
@@ -22,10 +31,12 @@ from luring.defense.calibrate import (
     load_calibration,
     operating_point,
 )
-from luring.defense.deploy import FORMAT, LEGACY_DETECTOR, Defense, Detection, load, save_defense
+from luring.defense.deploy import LEGACY_DETECTOR, Defense, Detection, save_defense
+from luring.defense.directory import FORMAT, defense_method
 from luring.defense.evaluate import evaluate_clean, wilson_interval
 from luring.defense.export import export_augmented
 from luring.defense.inputs import read_inputs
+from luring.defense.loader import load
 from luring.defense.loss import (
     luring_classes,
     luring_loss,
@@ -70,6 +81,7 @@ __all__ = [
     "calibrate",
     "exceedances",
     "calibration_split",
+    "defense_method",
     "defense_settings",
     "evaluate_clean",
     "evaluate_trapdoor",

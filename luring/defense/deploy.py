@@ -1,4 +1,6 @@
-"""The deployed defense: the defense directory (writing and loading) and :class:`Defense`.
+"""The deployed M∘P defense (methods luring, ce, auto, stack): its directory (writing and
+loading) and :class:`Defense`. (:func:`luring.defense.load` loads any defense directory, a
+trapdoor one included; what all directories share is :mod:`luring.defense.directory`.)
 
 Defense directory (contract with the other stages, format ``luring-defense/1``):
 
@@ -21,7 +23,7 @@ Defense directory (contract with the other stages, format ``luring-defense/1``):
 
 ``defense.json`` also records ``fingerprints`` (``luring.utils.fingerprint`` of each
 ``*.safetensors`` file's state dict, and the SHA-256 of ``target.pt``/``head.pt``):
-:func:`load` refuses a swapped or damaged file.
+:func:`load_augmented` refuses a swapped or damaged file.
 
 The directory is written into a hidden sibling staging directory and then renamed into place
 as a whole (:mod:`luring.defense.publish`): an interrupted or failed run leaves any previous
@@ -44,24 +46,18 @@ from luring.defense.calibrate import (
     operating_point,
     save_calibration,
 )
+from luring.defense.directory import FORMAT, read_defense, write_records
 from luring.defense.evaluate import clean_table_markdown
-from luring.defense.publish import FORMAT, publish, verify_fingerprints, write_defense
+from luring.defense.publish import publish, verify_fingerprints, write_defense
 from luring.defense.scores import PAPER_THRESHOLD, SCORES, flag, score
 from luring.defense.train import TrainedDefense
 from luring.errors import LuringError
 from luring.models import Stacked, load_checkpoint, predict_labels, save_checkpoint
 from luring.models.predict import predict_logits
-from luring.utils import (
-    atomic_write_json,
-    atomic_write_text,
-    check_images,
-    read_json,
-    resolve_device,
-    versions,
-)
+from luring.utils import check_images, resolve_device, versions
 
-__all__ = ["FORMAT", "Defense", "Detection", "LEGACY_DETECTOR", "load", "save_defense",
-           "publish"]
+__all__ = ["FORMAT", "Defense", "Detection", "LEGACY_DETECTOR", "load_augmented",
+           "save_defense", "publish"]
 
 LEGACY_DETECTOR: dict[str, Any] = {
     "rule": "paper", "threshold": PAPER_THRESHOLD, "target_fpr": None, "heldout_fpr": None,
@@ -218,18 +214,13 @@ def _freeze(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def load(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Defense:
-    """Load a defense directory written by ``luring train-defense`` / :func:`save_defense`.
-    Raises a one-line LuringError when it is missing, of another format or incomplete, or
-    when a weights file is not the one its ``defense.json`` records (fingerprints)."""
-    d = Path(directory)
-    if not d.is_dir():
-        raise LuringError(f"defense directory {d} does not exist; train one with "
-                          "`luring train-defense`")
-    meta = read_json(d / "defense.json") if (d / "defense.json").exists() else None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise LuringError(f"{d} is not a defense directory (defense.json with format "
-                          f"{FORMAT!r} expected)")
+def load_augmented(directory: str | os.PathLike, device: str | torch.device = "cpu") -> Defense:
+    """Load an M∘P defense directory (method luring, ce, auto or stack) written by ``luring
+    train-defense`` / :func:`save_defense` (:func:`luring.defense.load` loads any defense
+    directory). Raises a one-line LuringError when it is missing, of another format or
+    incomplete, a trapdoor one (no T = M∘P), or when a weights file is not the one its
+    ``defense.json`` records (fingerprints)."""
+    d, meta = read_defense(directory)
     if meta.get("method") == "trapdoor":
         raise LuringError(f"{d} holds a trapdoor defense (a trapdoored model, no M∘P); load it "
                           "with luring.defense.load_trapdoor")
@@ -319,10 +310,8 @@ def _write_all(d: Path, tr: TrainedDefense, tmeta: dict[str, Any], dataset: str 
                "lambda": tr.settings.get("lambda"), "clean": clean, "selection": tr.selection,
                "training_seconds": round(tr.seconds, 2), "seed": seed,
                "detector": detector}
-    atomic_write_json(d / "config.json", config if config is not None else tr.settings)
-    atomic_write_json(d / "results.json", results)
-    atomic_write_text(d / "report.md", _report(meta))
-    atomic_write_json(d / "defense.json", meta)
+    write_records(d, meta, results, config if config is not None else tr.settings,
+                  _report(meta))
 
 
 def _report(meta: dict[str, Any]) -> str:

@@ -39,9 +39,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from luring.defense.directory import FORMAT, is_defense_dir
 from luring.errors import LuringError
 from luring.models.checkpoint import load_state_dict_file
-from luring.utils import _UMASK, atomic_write_json, fingerprint, read_json
+from luring.utils import UMASK, atomic_write_json, fingerprint, read_json
 
 try:
     import fcntl
@@ -52,7 +53,6 @@ __all__ = ["FORMAT", "OWN_FILES", "OutputClaim", "publish", "write_defense",
            "stamp_fingerprints", "verify_fingerprints", "file_fingerprint",
            "script_fingerprint", "is_defense_dir"]
 
-FORMAT = "luring-defense/1"
 #: The files the defense writers produce (M∘P defenses and trapdoor ones). Any other file of
 #: a directory that a new defense replaces is moved into the new directory.
 OWN_FILES = frozenset(
@@ -80,15 +80,6 @@ def _siblings(out: Path, tag: str) -> list[Path]:
 def _unwritable(shown: Path, exc: OSError) -> LuringError:
     return LuringError(f"output directory {shown} cannot be written ({exc.strerror or exc}); "
                        "choose another --out or fix its permissions")
-
-
-def is_defense_dir(directory: Path) -> bool:
-    """True when ``directory`` holds a ``defense.json`` of format ``luring-defense/1``."""
-    try:
-        meta = read_json(directory / "defense.json")
-    except LuringError:
-        return False
-    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def _take_lock(path: Path) -> int | None:
@@ -302,7 +293,7 @@ def _move_into_place(stage: Path, out: Path) -> Path | None:
     """Rename ``stage`` to ``out``; returns where the replaced directory now is (None when
     ``out`` did not exist). On an error ``out`` is as it was. The new directory gets the
     replaced one's permissions, else the usual ones (``mkdtemp`` makes it private)."""
-    os.chmod(stage, stat.S_IMODE(out.stat().st_mode) if out.exists() else 0o777 & ~_UMASK)
+    os.chmod(stage, stat.S_IMODE(out.stat().st_mode) if out.exists() else 0o777 & ~UMASK)
     if out.exists():
         if _renameat2(stage, out, _RENAME_EXCHANGE):
             return stage  # the staging path now holds the previous directory

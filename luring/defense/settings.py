@@ -57,7 +57,7 @@ from typing import Any
 from luring.errors import LuringError
 
 __all__ = ["METHODS", "FAMILIES", "PROFILES", "defense_settings", "resolve_settings",
-           "QUICK_NOTES", "QUICK_BY_DATASET", "QUICK_DATASET_NOTES"]
+           "QUICK_NOTES", "QUICK_BY_DATASET", "QUICK_DATASET_NOTES", "APPENDIX_B"]
 
 METHODS = ("luring", "ce", "auto", "stack")
 FAMILIES = ("mnist", "svhn", "cifar10", "imagenet", "imagefolder")
@@ -118,8 +118,10 @@ _BASE: dict[str, Any] = {
 
 _LAMBDA = {"mnist": 1.0, "svhn": 1.0, "cifar10": 0.15, "imagenet": 1.0, "imagefolder": 1.0}
 
-# Appendix B, per family and method: epochs, batch size, lr, milestones [epoch, lr], dropout.
-_PAPER: dict[tuple[str, str], dict[str, Any]] = {
+#: Appendix B (and H.1), per (family, method): the P schedules the paper profile trains —
+#: epochs, batch size, lr, milestones [epoch, lr], dropout, optimizer. Where the text differs
+#: (a dropout "used" with no value, CIFAR10 Stack's rates), luring.experiments.paper says so.
+APPENDIX_B: dict[tuple[str, str], dict[str, Any]] = {
     ("mnist", "luring"): dict(epochs=64, batch_size=64, lr=1e-3,
                               lr_milestones=[[45, 2e-4], [58, 4e-4]]),
     ("mnist", "ce"): dict(epochs=64, batch_size=64, lr=1e-3,
@@ -148,7 +150,7 @@ _PAPER: dict[tuple[str, str], dict[str, Any]] = {
 # own image folders (family imagefolder) have no paper values: they get ImageNet's.
 for _fam in ("imagenet", "imagefolder"):
     for _m in ("luring", "ce", "stack"):
-        _PAPER[(_fam, _m)] = dict(epochs=100, batch_size=256, lr=1e-2, optimizer="sgd",
+        APPENDIX_B[(_fam, _m)] = dict(epochs=100, batch_size=256, lr=1e-2, optimizer="sgd",
                                   lr_milestones=[[80, 1e-3]])
 
 # Quick profile of the natural-image families: Adam at mnist-5k's quick settings (equation 2,
@@ -210,11 +212,11 @@ def defense_settings(family: str, method: str = "luring", profile: str = "paper"
     _check_choice("data set family", family, FAMILIES)
     _check_choice("method", method, METHODS)
     _check_choice("profile", profile, PROFILES)
-    if (family, method) not in _PAPER:
+    if (family, method) not in APPENDIX_B:
         raise LuringError(f"method {method!r} is not available for {family}: the paper found "
                           "no auto-encoder with usable accuracy there; use luring, ce or stack")
     s: dict[str, Any] = copy.deepcopy(_BASE)
-    s.update(copy.deepcopy(_PAPER[(family, method)]))
+    s.update(copy.deepcopy(APPENDIX_B[(family, method)]))
     s["augment"] = copy.deepcopy(_PAPER_AUGMENT.get(family))
     if method == "luring":
         s["lambda"] = _LAMBDA[family]

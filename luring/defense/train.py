@@ -1,9 +1,11 @@
-"""Algorithm 1 (training the luring component P) and the shared training loop of the baselines.
+"""Algorithm 1 (training the luring component P) and the shared training loop of the baselines
+(what each method trains — its :class:`~luring.defense.plans.Plan` — is in
+:mod:`luring.defense.plans`).
 
 The loop reads unlabelled images only: :class:`ImageBatches` yields ``(images, index)``
 batches and the luring/C_E losses take M's logits, computed once per training image before
 the first step (no gradient, M in eval mode), as their only supervision. The one exception is
-the ``stack`` baseline (``luring.defense.baselines``), which is trained with labels by
+the ``stack`` baseline (:mod:`luring.defense.plans`), which is trained with labels by
 definition; ``train_defense`` reads ``labels`` only for that method.
 
 Checkpoint selection is label-free: every epoch (or every ``eval_every`` steps) T = M∘P is
@@ -13,9 +15,8 @@ agree most with M's is kept (Auto: the lowest held-out reconstruction loss).
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,9 @@ from luring import distributed
 from luring import precision as prec
 from luring.data.lazy import subset
 from luring.defense import parallel as pmod
-from luring.defense.loss import luring_loss, reconstruction_loss, soft_cross_entropy
+from luring.defense.baselines import auto_plan, stack_plan
+from luring.defense.loss import reconstruction_loss
+from luring.defense.plans import Plan, init_parameters, luring_plan
 from luring.defense.schedule import averaged_tensors, averaged_weights, budget, lr_at
 from luring.defense.settings import METHODS, defense_settings, resolve_settings
 from luring.errors import LuringError
@@ -35,8 +38,8 @@ from luring.models.augment import random_affine
 from luring.models.predict import predict_logits
 from luring.utils import check_images, make_generator, progress, resolve_device
 
-__all__ = ["train_defense", "TrainedDefense", "ImageBatches", "init_parameters", "lr_at",
-           "budget", "component_kwargs"]
+__all__ = ["train_defense", "TrainedDefense", "ImageBatches", "lr_at", "budget",
+           "component_kwargs"]
 
 
 @dataclass
@@ -62,47 +65,6 @@ class TrainedDefense:
     def augmented(self) -> nn.Module:
         """T = M∘P (``head``∘P for stack), in eval mode."""
         return Stacked(self.component, self.head if self.head is not None else self.target).eval()
-
-
-@dataclass
-class _Plan:
-    """What a method trains: its parameters, the modules to switch to train mode, the loss of
-    one batch ``loss(images, index)``, and T for the held-out evaluation."""
-
-    params: list[nn.Parameter]
-    modules: list[nn.Module]
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    augmented: nn.Module
-    head: nn.Module | None = None
-    head_arch: str | None = None
-    head_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-def init_parameters(module: nn.Module, scheme: str, generator: torch.Generator) -> nn.Module:
-    """Re-initialise every Conv/Linear of ``module`` from ``generator``: ``torch`` (PyTorch's
-    default: Kaiming uniform a=√5, uniform biases), ``glorot`` (Xavier uniform, zero biases:
-    the Keras default) or ``kaiming`` (He normal for ReLU, zero biases). BatchNorm layers keep
-    weight 1 and bias 0."""
-    for m in module.modules():
-        if not isinstance(m, (nn.Conv2d, nn.Linear)):
-            continue
-        w = m.weight
-        with torch.no_grad():
-            if scheme == "torch":
-                nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=generator)
-                if m.bias is not None:
-                    bound = 1 / math.sqrt(nn.init._calculate_fan_in_and_fan_out(w)[0])
-                    nn.init.uniform_(m.bias, -bound, bound, generator=generator)
-                continue
-            if scheme == "glorot":
-                nn.init.xavier_uniform_(w, generator=generator)
-            elif scheme == "kaiming":
-                nn.init.kaiming_normal_(w, nonlinearity="relu", generator=generator)
-            else:
-                raise LuringError(f"unknown init scheme {scheme!r}; use torch, glorot or kaiming")
-            if m.bias is not None:
-                m.bias.zero_()
-    return module
 
 
 class ImageBatches:
@@ -134,25 +96,6 @@ class ImageBatches:
             yield xb.to(self.device, non_blocking=True), idx
 
 
-def _luring_plan(target: nn.Module, component: nn.Module, m_logits: torch.Tensor,
-                 method: str, lam: float | None, cap: float | None = None,
-                 margin: float = 0.0) -> _Plan:
-    """Luring or C_E: P trained through the frozen M against M's logits ``m_logits`` (N, K),
-    already on the training device, indexed by each batch's image indices (luring: with the
-    loss options ``cap`` and ``margin`` of :func:`luring_loss`)."""
-    t = Stacked(component, target)
-    if method == "luring":
-        lam_f = float(lam)  # type: ignore[arg-type]
-
-        def loss(xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return luring_loss(t(xb).float(), m_logits[idx], lam_f, cap=cap, margin=margin)
-    else:
-        def loss(xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return soft_cross_entropy(t(xb).float(), m_logits[idx])
-
-    return _Plan(list(component.parameters()), [component], loss, t)
-
-
 def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "luring",
                   settings: dict[str, Any] | None = None, family: str = "mnist",
                   labels: torch.Tensor | None = None, component_arch: str | None = None,
@@ -181,8 +124,6 @@ def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "lur
     the checkpoint selection are float32. Returns a :class:`TrainedDefense` (its
     ``settings["precision"]`` says what trained it).
     """
-    from luring.defense.baselines import auto_plan, stack_plan
-
     s = resolve_settings(settings if settings is not None else
                          defense_settings(family, method, "paper"))
     if s.get("method", method) != method:
@@ -224,9 +165,9 @@ def train_defense(target: nn.Module, images: torch.Tensor, *, method: str = "lur
                                       s["eval_batch_size"], dev)
             m_val = m_logits[val_idx] if need_all else m_logits
             if need_all:
-                plan = _luring_plan(target, component, m_logits.to(dev), method,
-                                    s.get("lambda"), s.get("cap"),
-                                    float(s.get("margin") or 0.0))
+                plan = luring_plan(target, component, m_logits.to(dev), method,
+                                   s.get("lambda"), s.get("cap"),
+                                   float(s.get("margin") or 0.0))
             elif method == "auto":
                 plan = auto_plan(target, component)
             else:  # stack
@@ -272,7 +213,7 @@ def component_kwargs(settings: dict[str, Any], arch: str) -> dict[str, Any]:
     return kw
 
 
-def _evaluate(plan: _Plan, component: nn.Module, x_val: torch.Tensor, m_val: torch.Tensor,
+def _evaluate(plan: Plan, component: nn.Module, x_val: torch.Tensor, m_val: torch.Tensor,
               batch_size: int, dev: torch.device) -> dict[str, float]:
     """Held-out agreement of T with M (and P's reconstruction loss), all modules in eval.
     One pass of P per chunk serves both figures (T = ``plan.augmented`` = head∘P)."""
@@ -293,7 +234,7 @@ def _evaluate(plan: _Plan, component: nn.Module, x_val: torch.Tensor, m_val: tor
             "val_reconstruction": rec / len(x_val)}
 
 
-def _loop(plan: _Plan, component: nn.Module, images: torch.Tensor, train_idx: torch.Tensor,
+def _loop(plan: Plan, component: nn.Module, images: torch.Tensor, train_idx: torch.Tensor,
           val_idx: torch.Tensor, m_val: torch.Tensor, s: dict[str, Any],
           gen: torch.Generator, dev: torch.device, desc: str, net: nn.Module | None = None
           ) -> tuple[list[dict[str, Any]], dict[str, Any]]:

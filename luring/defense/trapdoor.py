@@ -23,9 +23,10 @@ M's architecture trained from scratch with a trapdoor for every label, and its d
   label the model predicts; flagged when score > threshold, the threshold calibrated on the
   clean held-out images (label-free) to ``false_alarm`` = 5% (the figure Shan et al. report).
 
-Training, evaluation, saving and loading are in ``luring.defense.trapdoor_train``; its public
-functions (``train_trapdoor``, ``evaluate_trapdoor``, ``save_trapdoor``, ``load_trapdoor``,
-``build_trapdoor``) can also be imported from here.
+Training and clean evaluation (``train_trapdoor``, ``evaluate_trapdoor``, ``build_trapdoor``)
+are in :mod:`luring.defense.trapdoor_train`; the directory (``save_trapdoor``,
+``load_trapdoor``) in :mod:`luring.defense.trapdoor_store`; both import this module, never the
+reverse. All of them can be imported from :mod:`luring.defense`.
 """
 
 from __future__ import annotations
@@ -43,24 +44,11 @@ from luring.errors import LuringError
 from luring.models import arch_spec, default_architectures
 from luring.utils import check_images, make_generator
 
-_LATER = ("train_trapdoor", "evaluate_trapdoor", "save_trapdoor", "load_trapdoor",
-          "build_trapdoor")
-
 __all__ = ["TRAPDOOR_PROFILES", "QUICK_NOTES", "trapdoor_settings", "resolve_trapdoor_settings",
            "Triggers", "make_triggers", "TrapdoorDetection", "TrappedModel", "penultimate_layer",
-           "batched_features", "calibrate_threshold", *_LATER]
+           "batched_features", "calibrate_threshold"]
 
 TRAPDOOR_PROFILES = ("paper", "quick")
-
-
-def __getattr__(name: str) -> Any:
-    """The functions of ``luring.defense.trapdoor_train``, imported on first use (that module
-    imports this one)."""
-    if name in _LATER:
-        from luring.defense import trapdoor_train
-
-        return getattr(trapdoor_train, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # Reference code (Shawn-Shan/trapdoor): inject_trapdoor.py's arguments and lr_schedule,
 # trap_utils.CoreModel's per-data-set epochs. Keras restarts the epoch count at each of its two

@@ -1,7 +1,23 @@
 """Trapdoor defense directories (format ``luring-defense/1``, method ``trapdoor``): writing
 one (staged, published as a whole, fingerprints of its files in ``defense.json``) and loading
-it back as a :class:`~luring.defense.trapdoor.TrappedModel` (fingerprints checked). Training
-is :mod:`luring.defense.trapdoor_train`, which re-exports these functions."""
+it back as a :class:`~luring.defense.trapdoor.TrappedModel` (fingerprints checked). The method
+itself is :mod:`luring.defense.trapdoor`; its training :mod:`luring.defense.trapdoor_train`
+(which re-exports these functions); :func:`luring.defense.load` loads any defense directory.
+
+The directory, written into a hidden staging sibling and renamed into place as a whole
+(:mod:`luring.defense.publish`):
+
+* ``defense.json``: ``format``, ``method``, ``dataset``, ``config`` (resolved settings),
+  ``seed``, ``triggers`` (their parameters), ``threshold``, ``calibration`` (target and
+  held-out false-alarm rate, n; also as ``detector`` in the field names of the other
+  defenses' operating point), ``clean`` (``evaluate_trapdoor`` on test images),
+  ``history``, ``signature_layer``, ``architecture``, ``input_shape``, ``num_classes``,
+  ``training_seconds``, ``versions`` (``lambda`` and ``target_dir`` are null: no M involved);
+* ``model.safetensors/.json``: the trapdoored model (``luring.models.save_checkpoint``);
+* ``trapdoor.safetensors``: ``masks`` and ``patterns`` float32 (K, C, H, W), ``signatures``
+  float32 (K, D);
+* ``config.json``, ``results.json``, ``report.md``.
+"""
 
 from __future__ import annotations
 
@@ -13,23 +29,13 @@ from typing import Any
 import torch
 from safetensors.torch import save as st_save
 
-from luring.defense.deploy import FORMAT, verify_fingerprints, write_defense
-from luring.defense.trapdoor import (
-    TrappedModel,
-    Triggers,
-    penultimate_layer,
-)
+from luring.defense.directory import FORMAT, read_defense, write_records
+from luring.defense.publish import verify_fingerprints, write_defense
+from luring.defense.trapdoor import TrappedModel, Triggers, penultimate_layer
 from luring.errors import LuringError
 from luring.models import load_checkpoint, save_checkpoint
 from luring.models.checkpoint import load_state_dict_file
-from luring.utils import (
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-    read_json,
-    resolve_device,
-    versions,
-)
+from luring.utils import atomic_write_bytes, read_json, resolve_device, versions
 
 __all__ = ["save_trapdoor", "load_trapdoor", "check_out", "METHOD", "TENSORS"]
 
@@ -84,10 +90,7 @@ def _write_all(d: Path, tm: TrappedModel, dataset: str | None, classes: list[str
     results = {"format": "luring-defense-results/1", "method": METHOD, "dataset": dataset,
                "clean": clean, "calibration": m["calibration"], "threshold": tm.threshold,
                "training_seconds": meta["training_seconds"], "seed": m["seed"]}
-    atomic_write_json(d / "config.json", config if config is not None else s)
-    atomic_write_json(d / "results.json", results)
-    atomic_write_text(d / "report.md", _report(meta))
-    atomic_write_json(d / "defense.json", meta)
+    write_records(d, meta, results, config if config is not None else s, _report(meta))
 
 
 def _detector(tm: TrappedModel) -> dict[str, Any]:
@@ -126,14 +129,7 @@ def load_trapdoor(directory: str | os.PathLike,
                   device: str | torch.device = "cpu") -> TrappedModel:
     """Load a trapdoor defense directory written by :func:`save_trapdoor`. Raises a one-line
     LuringError when it is missing, of another format or method, or inconsistent."""
-    d = Path(directory)
-    if not d.is_dir():
-        raise LuringError(f"defense directory {d} does not exist; train one with "
-                          "`luring train-defense --method trapdoor`")
-    meta = read_json(d / "defense.json") if (d / "defense.json").exists() else None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise LuringError(f"{d} is not a defense directory (defense.json with format "
-                          f"{FORMAT!r} expected)")
+    d, meta = read_defense(directory, "`luring train-defense --method trapdoor`")
     if meta.get("method") != METHOD:
         raise LuringError(f"{d} holds a {meta.get('method')!r} defense, not a trapdoor one; "
                           "load it with luring.defense.load")

@@ -1,21 +1,8 @@
-"""Trapdoor training, clean evaluation and the defense directory (writing, loading, and the one
-call from a training split to a written directory, ``luring train-defense --method
-trapdoor``). The method itself (settings, triggers, :class:`TrappedModel`) is in
-``luring.defense.trapdoor``, which also re-exports this module's public functions.
-
-Directory (format ``luring-defense/1``, method ``trapdoor``), written into a hidden staging
-sibling and renamed into place as a whole (:mod:`luring.defense.publish`):
-
-* ``defense.json``: ``format``, ``method``, ``dataset``, ``config`` (resolved settings),
-  ``seed``, ``triggers`` (their parameters), ``threshold``, ``calibration`` (target and
-  held-out false-alarm rate, n; also as ``detector`` in the field names of the other
-  defenses' operating point), ``clean`` (:func:`evaluate_trapdoor` on test images),
-  ``history``, ``signature_layer``, ``architecture``, ``input_shape``, ``num_classes``,
-  ``training_seconds``, ``versions`` (``lambda`` and ``target_dir`` are null: no M involved);
-* ``model.safetensors/.json``: the trapdoored model (``luring.models.save_checkpoint``);
-* ``trapdoor.safetensors``: ``masks`` and ``patterns`` float32 (K, C, H, W), ``signatures``
-  float32 (K, D);
-* ``config.json``, ``results.json``, ``report.md``.
+"""Trapdoor training, clean evaluation, and the one call from a training split to a written
+defense directory (:func:`build_trapdoor`, ``luring train-defense --method trapdoor``). The
+method itself (settings, triggers, :class:`TrappedModel`) is in :mod:`luring.defense.trapdoor`;
+writing and loading the directory in :mod:`luring.defense.trapdoor_store` (its functions
+re-exported here).
 """
 
 from __future__ import annotations
@@ -40,6 +27,7 @@ from luring.defense.trapdoor import (
     resolve_trapdoor_settings,
     trapdoor_settings,
 )
+from luring.defense.trapdoor_store import check_out, load_trapdoor, save_trapdoor
 from luring.errors import LuringError
 from luring.models import arch_spec, build
 from luring.utils import (
@@ -52,12 +40,6 @@ from luring.utils import (
 
 __all__ = ["train_trapdoor", "evaluate_trapdoor", "save_trapdoor", "load_trapdoor",
            "build_trapdoor", "check_out"]
-
-from luring.defense.trapdoor_store import (  # noqa: E402 - re-exported (see __all__)
-    check_out,
-    load_trapdoor,
-    save_trapdoor,
-)
 
 
 def _split(n: int, fraction: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -258,7 +240,7 @@ def build_trapdoor(out: str | os.PathLike, x_train: torch.Tensor, y_train: torch
                    device: str | torch.device = "cpu", config: dict[str, Any] | None = None,
                    stage: Path | None = None, desc: str = "train-defense trapdoor"
                    ) -> tuple[Path, TrappedModel, dict[str, Any]]:
-    """Train (:func:`~luring.defense.trapdoor.train_trapdoor`, labelled images x_train
+    """Train (:func:`train_trapdoor`, labelled images x_train
     (N, C, H, W) in [0, 1], y_train int64 (N,)), evaluate on ``test`` = (images, int64 labels)
     and write the directory ``out``. Returns (directory, trapped model, clean figures)."""
     check_out(out)

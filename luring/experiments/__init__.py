@@ -1,10 +1,18 @@
 """Experiments: the paper's protocol as resumable units in a run directory.
 
-``reproduce(dataset, out, profile=...)`` runs everything; ``run_characterize``,
-``run_defend``, ``run_distortion``, ``run_logits`` and ``run_saliency`` are the pieces.
+``reproduce(dataset, out, profile=...)`` runs the registered experiments
+(:mod:`luring.experiments.registry`: characterize, defend, adaptive, distortion, logits,
+saliency; advtrain and trapdoor on request), each ``run(ctx)`` on one
+:class:`~luring.experiments.context.RunContext`.
 """
 
 from luring.experiments.profiles import APPROACHES, PROFILES, resolve_profile
-from luring.experiments.reproduce import EXPERIMENTS, reproduce
+from luring.experiments.registry import names as experiment_names
+from luring.experiments.reproduce import reproduce
 
-__all__ = ["APPROACHES", "EXPERIMENTS", "PROFILES", "reproduce", "resolve_profile"]
+#: The experiments a run without ``--experiments`` runs, and the others, in run order.
+EXPERIMENTS = experiment_names(default=True)
+EXTRA_EXPERIMENTS = experiment_names(default=False)
+
+__all__ = ["APPROACHES", "EXPERIMENTS", "EXTRA_EXPERIMENTS", "PROFILES", "reproduce",
+           "resolve_profile", "experiment_names"]

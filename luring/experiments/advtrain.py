@@ -31,17 +31,32 @@ from typing import Any
 
 import torch
 
-from luring.data import get_spec, load
+from luring.attacks import PGD
+from luring.data import get_spec
+from luring.defense import load as load_defense
 from luring.errors import LuringError
-from luring.experiments.common import aggregate, select_images, unit_seed
-from luring.experiments.models import build_dir, check_reuse, train_defense_dir
+from luring.experiments.common import aggregate, unit_seed
+from luring.experiments.context import Result, RunContext
+from luring.experiments.family import family_unit
+from luring.experiments.models import load_frozen, train_defense_dir
+from luring.experiments.paper import PAPER, num
 from luring.experiments.search import transfer_search
-from luring.experiments.store import RunDir
 from luring.metrics import agreement, clean_accuracy, rate
-from luring.models import load_checkpoint, predict_labels
+from luring.models import predict_labels
+from luring.models.train import target_settings, train_target_run
 from luring.utils import fingerprint, progress
 
-__all__ = ["run_advtrain", "advtrain_target_settings", "advtrain_lines", "MODELS"]
+__all__ = ["SUMMARY", "run", "departures", "advtrain_target_settings", "MODELS", "APPROACHES",
+           "SHARDED"]
+
+#: The experiment in one line (the CLI's help).
+SUMMARY = "appendix H.2: luring on an adversarially trained M (tables 18 and 19)"
+
+
+#: Of the run's approaches it needs the luring defense only.
+APPROACHES = ("luring",)
+#: Run only in the final pass (its own models and units).
+SHARDED = False
 
 #: Table 18's rows: (key, M's key, T's key or None).
 MODELS = (("base", "base", None), ("base-luring", "base", "base"),
@@ -52,69 +67,40 @@ def advtrain_target_settings(settings: dict[str, Any], architecture: str | None 
     """AdvTrain's :class:`~luring.models.train.TargetSettings`: the run's M settings (and M's
     ``architecture`` when given) with H.2's adversarial training, then the profile's
     ``advtrain.target`` overrides."""
-    from luring.models.train import target_settings
-
     over = dict(settings.get("target") or {}) | dict(settings["advtrain"].get("target") or {})
     if architecture:
         over.setdefault("architecture", architecture)
     return target_settings(settings["family"], adv_train=True, **over)
 
 
-def _train_split(dataset: str, data_dir: str | None, fp: str
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = load(dataset, "train", data_dir)
-    if fingerprint(x, y) != fp:
-        raise LuringError(f"the {dataset} training split changed during the run; rerun with "
-                          "--restart")
-    return x, y
-
-
-def _models(run: RunDir, dataset: str, settings: dict[str, Any], ts: Any, seeds: list[int],
-            device: torch.device, data_dir: str | None, fps: dict[str, str],
-            test: tuple[torch.Tensor, torch.Tensor], log: Callable[[str], None]):
+def _models(ctx: RunContext, ts: Any) -> tuple[torch.nn.Module, dict[str, Any], dict]:
     """Train or reuse AdvTrain and its luring defense per seed; returns (M_adv, its sidecar,
     {seed: Defense})."""
-    from luring.defense import load as load_defense
-    from luring.models.train import train_target_run
-
+    run, dataset, settings, device = ctx.run, ctx.dataset, ctx.settings, ctx.device
     spec = get_spec(dataset)
-    models = run.path / "models"
-    models.mkdir(exist_ok=True)
-    tdir = models / "advtrain-target"
-    t_ident = {"dataset": dataset, "data": fps["train"], "settings": ts.to_dict(),
-               "seed": seeds[0]}
-    train: list[tuple[torch.Tensor, torch.Tensor]] = []
+    t_ident = {"dataset": dataset, "data": ctx.fps["train"], "settings": ts.to_dict(),
+               "seed": ctx.seed}
 
-    def split() -> tuple[torch.Tensor, torch.Tensor]:
-        if not train:
-            train.append(_train_split(dataset, data_dir, fps["train"]))
-        return train[0]
+    def train_m(d: Path) -> None:
+        ctx.train_split()  # the same check before a long training
+        train_target_run(dataset, d, ts, seed=ctx.seed, device=device, data_dir=ctx.data_dir)
 
-    if not (tdir / "model.json").exists():
-        log(f"training the adversarially trained M (PGD ε = {ts.adv_eps:g}, {ts.adv_steps} "
-            f"step(s) of {ts.adv_step_size:g}) ...")
-        split()  # the same check before a long training
-        build_dir(tdir, lambda d: train_target_run(dataset, d, ts, seed=seeds[0], device=device,
-                                                   data_dir=data_dir), t_ident)
-    else:
-        check_reuse(run, tdir, t_ident)
-    target, meta = load_checkpoint(tdir, "model", device=device)
-    for p in target.parameters():
-        p.requires_grad_(False)
+    tdir = run.model("advtrain-target", t_ident, train_m, marker="model.json", announce=lambda:
+                     ctx.log(f"training the adversarially trained M (PGD ε = {ts.adv_eps:g}, "
+                             f"{ts.adv_steps} step(s) of {ts.adv_step_size:g}) ..."))
+    target, meta = load_frozen(tdir, device)
     target_fp = fingerprint(target)
     defenses = {}
-    for s in seeds:
-        ddir = models / f"advtrain-luring-s{s}"
-        d_ident = {"method": "luring", "seed": s, "dataset": dataset, "data": fps["train"],
+    for s in ctx.seeds:
+        d_ident = {"method": "luring", "seed": s, "dataset": dataset, "data": ctx.fps["train"],
                    "profile": settings["profile"], "settings": settings["defense"],
                    "train_images": settings.get("defense_train_images"), "target": target_fp}
-        if not (ddir / "defense.json").exists():
-            log(f"training the luring defense of the adversarially trained M (seed {s}) ...")
-            data = (*split(), *test)
-            build_dir(ddir, lambda d, s=s, data=data: train_defense_dir(
-                target, meta, tdir, d, "luring", spec, settings, s, device, data), d_ident)
-        else:
-            check_reuse(run, ddir, d_ident)
+        ddir = run.model(
+            f"advtrain-luring-s{s}", d_ident, lambda d, s=s: train_defense_dir(
+                target, meta, tdir, d, "luring", spec, settings, s, device,
+                (*ctx.train_split(), ctx.x_test, ctx.y_test)),
+            marker="defense.json", announce=lambda s=s: ctx.log(
+                f"training the luring defense of the adversarially trained M (seed {s}) ..."))
         d = load_defense(ddir, device=device)
         if fingerprint(d.target) != target_fp:
             raise LuringError(f"{ddir} holds a defense trained for another M; use another "
@@ -131,8 +117,6 @@ def _job(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
 def _whitebox(target: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
               cfg: dict[str, Any], seed: int):
     """AC_M,wb: PGD on M itself (random start, ``cfg`` steps of ``cfg`` step size)."""
-    from luring.attacks import PGD
-
     atk = PGD(target, eps=eps, steps=int(cfg["steps"]), alpha=float(cfg["step_size"]),
               seed=seed)
     x_adv = atk(x, y.to(x.device))
@@ -161,43 +145,31 @@ def _clean(base: torch.nn.Module, luring: dict, adv: torch.nn.Module, adv_luring
     return rows
 
 
-def run_advtrain(run: RunDir, dataset: str, target: torch.nn.Module,
-                 defenses: dict[str, dict[int, Any]], settings: dict[str, Any], seed: int,
-                 seeds: list[int], device: torch.device, data_dir: str | None,
-                 test: tuple[torch.Tensor, torch.Tensor], fps: dict[str, str],
-                 log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(ctx: RunContext) -> Result:
     """Train (or reuse) AdvTrain and AdvTrain–Luring, run (or reuse) every unit and return
-    ``results["advtrain"]``: ``table18`` (rows per model: accuracy, agreement, n, ci),
+    section ``advtrain``: ``table18`` (rows per model: accuracy, agreement, n, ci),
     ``table19`` (rows per (approach, attack, ε): ac_mop, ac_m, dac, n, ci; approach
     ``base``/``advtrain`` for the white-box rows, ``base-luring``/``advtrain-luring`` for the
     transfer rows), ``target`` (AdvTrain's settings and test accuracy), ``eps``, ``n``.
-    ``defenses["luring"]`` are Base–Luring's T per seed; ``test`` the test split (CPU)."""
-    from luring.experiments.adaptive import _family_unit
-    from luring.experiments.trapdoor_exp import target_architecture
-
-    if "luring" not in defenses:
-        raise LuringError("the advtrain experiment needs the run's luring defense; keep "
-                          "'luring' among the profile's approaches")
+    Base–Luring is the run's luring T per seed."""
+    base_luring = ctx.required("luring", "the advtrain experiment needs")
+    settings, seed, seeds, target = ctx.settings, ctx.seed, ctx.seeds, ctx.target
     cfg = settings["advtrain"]
-    x_test, y_test = test
-    ts_adv = advtrain_target_settings(settings, target_architecture(defenses))
-    adv, adv_meta, adv_luring = _models(run, dataset, settings, ts_adv, seeds, device, data_dir,
-                                        fps, test, log)
-    base_luring = defenses["luring"]
+    ts_adv = advtrain_target_settings(settings, ctx.target_architecture())
+    adv, adv_meta, adv_luring = _models(ctx, ts_adv)
     models = [target, adv]
     if settings.get("images_correct_for") == "all":
         models += [d.augmented for per in (base_luring, adv_luring) for d in per.values()]
-    idx = select_images(x_test, y_test, models, int(cfg["n"]), seed)
-    if len(idx) < int(cfg["n"]):
-        log(f"note: only {len(idx)} test images are classified correctly by the four models; "
-            f"advtrain uses {len(idx)} instead of {cfg['n']}")
-    x, y = x_test[idx].to(device), y_test[idx]
-    ident = {"data": fps["test"], "indices": idx, "seed": seed,
+    idx = ctx.select(models, int(cfg["n"]),
+                     "the four models; advtrain uses {k} instead of {n}")
+    x, y = ctx.x_test[idx].to(ctx.device), ctx.y_test[idx]
+    ident = {"data": ctx.fps["test"], "indices": idx, "seed": seed,
              "models": {"base": fingerprint(target), "advtrain": fingerprint(adv),
                         "base-luring": {s: fingerprint(d.augmented)
                                         for s, d in base_luring.items()},
                         "advtrain-luring": {s: fingerprint(d.augmented)
                                             for s, d in adv_luring.items()}}}
+    run = ctx.run
     ms = {"base": target, "advtrain": adv}
     ts = {"base": base_luring, "advtrain": adv_luring}
     mw, ad, wb = settings["defend"]["mim_w"], settings["adaptive"], cfg["whitebox"]
@@ -215,7 +187,7 @@ def run_advtrain(run: RunDir, dataset: str, target: torch.nn.Module,
             fn = _job(transfer_search, ts[m][s].augmented, ms[m], x, y, e, mw, u)
         else:
             key, params = f"s{s}-{m}-luring-adaptive-eps{e}", ad
-            fn = _job(_family_unit, ts[m][s].augmented, ms[m], x, y, e, ad, u)
+            fn = _job(family_unit, ts[m][s].augmented, ms[m], x, y, e, ad, u)
         units[(kind, m, s, e)] = run.unit("advtrain", key, fn,
                                           {"run": ident, "params": params, "eps": e})
     rows = []
@@ -240,30 +212,28 @@ def run_advtrain(run: RunDir, dataset: str, target: torch.nn.Module,
                                   seeds=seeds))
             rows.append(aggregate("advtrain", f"{m}-luring", "worst-case", e, per_a,
                                   seeds=seeds))
-    return {"eps": list(cfg["eps"]), "n": len(idx),
-            "table18": _clean(target, base_luring, adv, adv_luring, x_test, y_test, seeds),
-            "table19": rows,
-            "target": {"settings": ts_adv.to_dict(), "test_accuracy":
-                       adv_meta.get("test_accuracy"),
-                       "directory": str(Path("models") / "advtrain-target")}}
+    return Result(sections={"advtrain": {
+        "eps": list(cfg["eps"]), "n": len(idx),
+        "table18": _clean(target, base_luring, adv, adv_luring, ctx.x_test, ctx.y_test, seeds),
+        "table19": rows,
+        "target": {"settings": ts_adv.to_dict(), "test_accuracy": adv_meta.get("test_accuracy"),
+                   "directory": str(Path("models") / "advtrain-target")}}})
 
 
-def advtrain_lines(settings: dict[str, Any]) -> list[str]:
+def departures(settings: dict[str, Any]) -> list[str]:
     """The advtrain experiment's departures from appendix H.2 (tables 18, 19)."""
-    from luring.experiments.disclosure import PAPER, _num
-
     fam, cfg = settings["family"], settings["advtrain"]
     ts = advtrain_target_settings(settings)
     want = PAPER["adv_train"][fam]
     out = []
     if (ts.adv_eps, ts.adv_steps, ts.adv_step_size) != want:
         steps = f"{ts.adv_steps} step{'s' if ts.adv_steps != 1 else ''}"
-        out.append(f"AdvTrain (H.2): M adversarially trained with PGD ε = {_num(ts.adv_eps)}, "
-                   f"{steps} of {_num(ts.adv_step_size)} (H.2: ε = {_num(want[0])}, {want[1]} "
-                   f"steps of {_num(want[2])})")
+        out.append(f"AdvTrain (H.2): M adversarially trained with PGD ε = {num(ts.adv_eps)}, "
+                   f"{steps} of {num(ts.adv_step_size)} (H.2: ε = {num(want[0])}, {want[1]} "
+                   f"steps of {num(want[2])})")
     if ts.adv_ramp_epochs:
-        out.append(f"AdvTrain: the training PGD's ε rises linearly from 0 to {_num(ts.adv_eps)} "
-                   f"over the first {_num(ts.adv_ramp_epochs)} epoch(s), its step in proportion "
+        out.append(f"AdvTrain: the training PGD's ε rises linearly from 0 to {num(ts.adv_eps)} "
+                   f"over the first {num(ts.adv_ramp_epochs)} epoch(s), its step in proportion "
                    "(not in H.2: a curriculum, without which a short run stays at chance level)")
     paper_epochs = PAPER["target"][fam]["epochs"]
     if ts.epochs != paper_epochs or ts.max_steps is not None:
@@ -272,7 +242,7 @@ def advtrain_lines(settings: dict[str, Any]) -> list[str]:
                    f"base M's appendix A: {paper_epochs} epochs)")
     wb = cfg["whitebox"]
     if (int(wb["steps"]), float(wb["step_size"])) != (40, 0.01):
-        out.append(f"AC_M,wb: white-box PGD {wb['steps']} steps of {_num(wb['step_size'])} "
+        out.append(f"AC_M,wb: white-box PGD {wb['steps']} steps of {num(wb['step_size'])} "
                    "(H.2: 40 steps of 0.01)")
     out.append(f"tables 18-19: AdvTrain–Luring's P trained with the run's luring settings and "
                f"seeds; table 19 on the first {cfg['n']} test images (paper: not stated) that "

@@ -13,27 +13,31 @@ from typing import Any
 import torch
 
 from luring.experiments.common import aggregate, make_attack, unit_seed
-from luring.experiments.store import RunDir
+from luring.experiments.context import Result, RunContext
 from luring.metrics import disagreement_rate, inefficient_rate
 from luring.models import predict_labels
 from luring.utils import progress
 
-__all__ = ["run_characterize", "CHARACTERIZE_ATTACKS"]
+__all__ = ["SUMMARY", "run", "departures", "CHARACTERIZE_ATTACKS"]
+
+#: The experiment in one line (the CLI's help).
+SUMMARY = "section 3: DR and IAR of FGSM, PGD, MIM, MIM-L2 (figure 2)"
+
 
 CHARACTERIZE_ATTACKS = ("fgsm", "pgd", "mim", "mim-l2")
 
 
-def run_characterize(run: RunDir, target: torch.nn.Module, defenses: dict[str, list[Any]],
-                     x: torch.Tensor, y: torch.Tensor, settings: dict[str, Any],
-                     seed: int, ident: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def run(ctx: RunContext) -> Result:
     """Run (or reuse) every characterisation unit; return result rows
     ``{"experiment": "characterize", "approach", "attack", "eps", "n", "dr", "iar", ...}``
     with the per-seed values aggregated (see :func:`~luring.experiments.common.aggregate`).
-    ``ident`` identifies the images and models (see ``reproduce``); each unit's identity adds
-    its attack parameters."""
+    Each unit's identity is the images' and models' (``ctx.images``) with its attack
+    parameters."""
+    settings, seed, target, defenses = ctx.settings, ctx.seed, ctx.target, ctx.defenses
     cfg = settings["characterize"]
-    seeds = sorted(next(iter(defenses.values())).keys()) if defenses else []
-    units = [(s, a, atk, e) for s in seeds for a in defenses for atk in CHARACTERIZE_ATTACKS
+    x, y, ident = ctx.images(cfg["n"], "characterize")
+    y = y.cpu()
+    units = [(s, a, atk, e) for s, a in ctx.pairs() for atk in CHARACTERIZE_ATTACKS
              for e in settings["eps"]]
     preds: dict[tuple, dict[str, torch.Tensor]] = {}
     bar = progress(units, desc="characterize", unit="unit")
@@ -47,8 +51,11 @@ def run_characterize(run: RunDir, target: torch.nn.Module, defenses: dict[str, l
                      "m_pred": predict_labels(target, x_adv)},
                     {"params": attack.params(), "n": len(x)})
 
-        preds[(s, a, atk, e)] = run.unit("characterize", f"s{s}-{a}-{atk}-eps{e}", craft,
-                                         {"run": ident, "params": cfg})[0]
+        preds[(s, a, atk, e)] = ctx.run.unit("characterize", f"s{s}-{a}-{atk}-eps{e}", craft,
+                                             {"run": ident, "params": cfg})[0]
+    if not ctx.final:
+        return Result()
+    seeds = ctx.seeds
     # Examples successful on the T of every approach, per (seed, attack, ε).
     common: dict[tuple, torch.Tensor] = {}
     for s, _, atk, e in units:
@@ -69,5 +76,10 @@ def run_characterize(run: RunDir, target: torch.nn.Module, defenses: dict[str, l
                     per_seed.append({"dr": disagreement_rate(t, m, yy),
                                      "iar": inefficient_rate(t, m, yy)})
                 rows.append(aggregate("characterize", a, atk, e, per_seed, seeds=seeds))
-    return rows
+    return Result(rows=rows)
+
+
+def departures(settings: dict[str, Any]) -> list[str]:
+    """None of its own (its settings are the profile's, disclosed with the protocol)."""
+    return []
 

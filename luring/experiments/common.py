@@ -1,5 +1,6 @@
-"""Pieces every experiment shares: predictions in batches, the seeded choice of test images,
-the attack factory and per-unit seeds."""
+"""Pieces every experiment's units share: per-unit seeds, the attack factory, how many attack
+settings share a batched pass, rates from per-example booleans and results rows pooled over
+seeds."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import torch
 from torch import nn
 
 from luring.experiments.profiles import step_size
-from luring.models import model_device, predict_labels
+from luring.metrics import Rate, rate
+from luring.models import model_device
 
-__all__ = ["select_images", "unit_seed", "make_attack", "aggregate", "mean_std", "together",
+__all__ = ["unit_seed", "make_attack", "aggregate", "mean_std", "together", "rates",
            "BATCH_IMAGES"]
 
 
@@ -47,17 +49,6 @@ def unit_seed(seed: int, *parts: object) -> int:
     return int.from_bytes(h[:4], "little")
 
 
-def select_images(x: torch.Tensor, y: torch.Tensor, models: list[nn.Module], n: int,
-                  seed: int) -> torch.Tensor:
-    """Indices (≤ n, int64) of test images that every model in ``models`` classifies
-    correctly, taken in a seeded random order (test splits may be ordered by class)."""
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    ok = torch.ones(len(x), dtype=torch.bool)
-    for m in models:
-        ok &= predict_labels(m, x) == y
-    return order[ok[order]][:n]
-
-
 def make_attack(name: str, model: nn.Module, eps: float, params: dict[str, Any], seed: int):
     """Build attack ``name`` on ``model`` from a profile's parameters (the profile names
     step sizes ``step_size``/``step_size_l2`` and SPSA's iteration count ``iterations``)."""
@@ -87,6 +78,17 @@ def make_attack(name: str, model: nn.Module, eps: float, params: dict[str, Any],
     raise ValueError(f"unknown attack {name!r}")
 
 
+def rates(t_ok: torch.Tensor, m_ok: torch.Tensor, defended: torch.Tensor, *,
+          given_fooled: bool = False) -> dict[str, Rate]:
+    """AC_MoP, AC_M and DAC (:class:`~luring.metrics.Rate` each) from per-example booleans
+    (N,); with ``given_fooled`` also ``ac_m_given_fooled``, M's accuracy on the examples
+    that fool T."""
+    out = {"ac_mop": rate(t_ok), "ac_m": rate(m_ok), "dac": rate(defended)}
+    if given_fooled:
+        out["ac_m_given_fooled"] = rate(m_ok, where=~t_ok)
+    return out
+
+
 def mean_std(vals: list[float]) -> tuple[float, float | None]:
     """Mean over seeds and the sample standard deviation (None for a single value)."""
     mean = sum(vals) / len(vals)
@@ -105,8 +107,6 @@ def aggregate(experiment: str, approach: str, attack: str, eps: float,
     Wilson interval ``ci`` and ``n`` (Σn) belong to it; with equal n per seed it equals the
     mean over seeds. With several seeds the row also holds ``mean`` and ``std`` (sample std
     over seeds) per metric, and ``per_seed``: ``{metric: [{"seed", "value", "k", "n"}]}``."""
-    from luring.metrics import Rate
-
     seeds = list(seeds) if seeds is not None else list(range(len(per_seed)))
     row: dict[str, Any] = {"experiment": experiment, "approach": approach, "attack": attack,
                            "eps": eps, "n": None, "ac_mop": None, "ac_m": None, "dac": None,

@@ -28,26 +28,30 @@ from typing import Any
 
 import torch
 
+from luring.attacks import MIM
 from luring.experiments.common import make_attack, unit_seed
+from luring.experiments.context import RunContext
 from luring.experiments.profiles import step_size
-from luring.experiments.store import RunDir
-from luring.metrics import input_saliency
+from luring.metrics import input_saliency, mcnemar
 from luring.models import predict_labels
 from luring.utils import progress
 
-__all__ = ["run_diagnostics", "paired_verdict", "ALPHA", "ATTACK_FAILED_AC_MOP"]
+__all__ = ["run_diagnostics", "paired_verdict", "masking_checks", "diagnostics_unit",
+           "spsa_unit", "ALPHA", "ATTACK_FAILED_AC_MOP", "VERDICT_ATTACKS"]
 
 #: Significance level of the verdict.
 ALPHA = 0.05
 #: AC_MoP above which an attack is said to have failed on T (it left T right on more than
 #: this share of the images); the report marks such cells with the same limit
-#: (``luring.report.tables.ATTACK_FAILED_AC_MOP``).
+#: (``luring.report.cells.ATTACK_FAILED_AC_MOP``).
 ATTACK_FAILED_AC_MOP = 0.1
+#: The attacks of the paired verdict, in its order (each where the run measured it; the
+#: ``public`` rows, crafted on the attacker's own model alone, are not in it).
+VERDICT_ATTACKS = ("mim-w", "worst-case", "adaptive-w", "adaptive-worst", "substitute",
+                   "all-worst")
 
 
 def _mim(model, x, y, eps, steps, cfg, seed):
-    from luring.attacks import MIM
-
     atk = MIM(model, eps=eps, steps=steps, alpha=step_size(cfg["step_size"], eps, steps),
               mu=cfg["mu"], seed=seed)
     return float((predict_labels(model, atk(x)) == y).float().mean())
@@ -58,7 +62,7 @@ def _median_grad(model, x, y) -> float:
     return float(g.abs().flatten(1).mean(1).median())
 
 
-def _diag_unit(model, target, x, y, eps_mid, cfg, seed):
+def diagnostics_unit(model, target, x, y, eps_mid, cfg, seed):
     steps_list = [int(s) for s in cfg["steps"]]
     curve = [_mim(model, x, y, eps_mid, s, cfg, seed) for s in steps_list]
     unbounded = _mim(model, x, y, 1.0, int(cfg.get("unbounded_steps", max(steps_list))), cfg,
@@ -71,12 +75,12 @@ def _diag_unit(model, target, x, y, eps_mid, cfg, seed):
     return {}, meta
 
 
-def _spsa_unit(model, x, y, eps_mid, spsa_cfg, seed):
+def spsa_unit(model, x, y, eps_mid, spsa_cfg, seed):
     spsa = make_attack("spsa", model, eps_mid, spsa_cfg, seed)
     return {}, {"ac_mop_spsa": float((predict_labels(model, spsa(x)) == y).float().mean())}
 
 
-def _checks(m: dict[str, Any], cfg: dict[str, Any], n: int) -> dict[str, Any]:
+def masking_checks(m: dict[str, Any], cfg: dict[str, Any], n: int) -> dict[str, Any]:
     ratio = m["grad_t"] / m["grad_m"] if m["grad_m"] > 0 else float("inf")
     curve = m["ac_mop_steps"]
     rises = any(b > a for a, b in zip(curve, curve[1:], strict=False))
@@ -95,32 +99,30 @@ def _checks(m: dict[str, Any], cfg: dict[str, Any], n: int) -> dict[str, Any]:
     return out
 
 
-def run_diagnostics(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[int, Any]],
-                    x: torch.Tensor, y: torch.Tensor, settings: dict[str, Any], seed: int,
-                    ident: dict[str, Any] | None = None,
-                    outcomes: dict[tuple, dict[str, torch.Tensor]] | None = None
-                    ) -> dict[str, Any]:
-    """Per approach (and seed): the four masking checks (module docstring). SPSA's AC_MoP at
-    the middle ε is the defend experiment's (``outcomes[(seed, approach, "spsa", ε)]``, same
-    images) when given, else its own unit. Returns ``{approach: {"seeds": {seed: checks},
-    "flagged": [check names flagged for any seed]}}``."""
+def run_diagnostics(ctx: RunContext, x: torch.Tensor, y: torch.Tensor,
+                    ident: dict[str, Any]) -> dict[str, Any]:
+    """Per approach (and seed) of ``ctx``'s defenses: the four masking checks (module
+    docstring) on images ``x``, ``y``. SPSA's AC_MoP at the middle ε is the defend
+    experiment's (``ctx.outcomes[(seed, approach, "spsa", ε)]``, same images) when it ran,
+    else its own unit. Returns ``{approach: {"eps", "seeds": {seed: checks}, "flagged":
+    [check names flagged for any seed]}}`` (final pass; units only before)."""
+    settings, run, seed = ctx.settings, ctx.run, ctx.seed
     cfg = settings["adaptive"]["diagnostics"]
     eps_mid = sorted(settings["eps"])[len(settings["eps"]) // 2]
     spsa_cfg = settings["defend"]["spsa"]
-    seeds = sorted(next(iter(defenses.values())).keys()) if defenses else []
     out: dict[str, Any] = {}
-    for a in progress(list(defenses), desc="diagnostics", unit="model"):
+    for a in progress(list(ctx.defenses), desc="diagnostics", unit="model"):
         per = {}
-        for s in seeds:
-            model = defenses[a][s].augmented
+        for s in [s for s in ctx.seeds if s in ctx.defenses[a]]:
+            model = ctx.defenses[a][s].augmented
             useed = unit_seed(seed, s, a, "diagnostics")
 
             def diag(m=model, u=useed):
-                return _diag_unit(m, target, x, y, eps_mid, cfg, u)
+                return diagnostics_unit(m, ctx.target, x, y, eps_mid, cfg, u)
 
             meta = dict(run.unit("diagnostics", f"s{s}-{a}", diag,
                                  {"run": ident, "params": cfg, "eps": eps_mid})[1])
-            known = (outcomes or {}).get((s, a, "spsa", eps_mid))
+            known = ctx.outcomes.get((s, a, "spsa", eps_mid))
             if known is not None:
                 meta["ac_mop_spsa"] = float(known["t_ok"].float().mean())
             else:  # its own SPSA, on the first ``spsa_n`` images (default all)
@@ -128,12 +130,12 @@ def run_diagnostics(run: RunDir, target: torch.nn.Module, defenses: dict[str, di
                 k = int(cfg.get("spsa_n") or len(x))
 
                 def spsa(m=model, u=sseed, k=k):
-                    return _spsa_unit(m, x[:k], y[:k], eps_mid, spsa_cfg, u)
+                    return spsa_unit(m, x[:k], y[:k], eps_mid, spsa_cfg, u)
 
                 meta |= run.unit("diagnostics", f"s{s}-{a}-spsa", spsa,
                                  {"run": ident, "spsa": spsa_cfg, "eps": eps_mid, "n": k})[1]
                 meta["n_spsa"] = min(k, len(x))
-            per[str(s)] = _checks(meta, cfg, len(y))
+            per[str(s)] = masking_checks(meta, cfg, len(y))
         flagged = sorted({f for c in per.values() for f in c["flagged"]})
         out[a] = {"eps": eps_mid, "seeds": per, "flagged": flagged}
     return out
@@ -153,8 +155,6 @@ def _compare(lur: torch.Tensor | None, other: torch.Tensor | None) -> dict[str, 
     """McNemar + Newcombe of Luring's per-example booleans against another approach's, as a
     JSON-able dict ``{"luring", "other", "difference", "ci", "p_value", "n", "discordant",
     "direction"}`` (None when either side is missing)."""
-    from luring.metrics import mcnemar
-
     if lur is None or other is None:
         return None
     c = mcnemar(lur, other)

@@ -1,14 +1,15 @@
 """What a run does differently from the paper, line by line, for the report's "Differences from
 the paper".
 
-:data:`PAPER` holds, in one place, the values the paper's text states (appendix A: M;
-appendix B: each P; appendix C: λ; F.1: ECO; H.2: adversarial training) and, under
-``"authors"``, what the authors' code ran where the text says nothing. Every line of
-:func:`disclosure` compares a *resolved* setting of the run (M's :func:`target_settings`,
-each approach's :func:`defense_settings` with the profile's overrides, the profile's attack
-parameters) with that table, so changing a setting makes its line appear or disappear. The
-one line with no setting behind it is the reading of eq. 2's class b, fixed in
-:func:`luring.defense.loss.luring_classes`.
+Every line compares a *resolved* setting of the run (M's :func:`target_settings`, each
+approach's :func:`defense_settings` with the profile's overrides, the profile's attack
+parameters) with the paper's values (:mod:`luring.experiments.paper`), so changing a setting
+makes its line appear or disappear. The one line with no setting behind it is the reading of
+eq. 2's class b, fixed in :func:`luring.defense.loss.luring_classes`.
+:func:`differences_from_paper` gives the protocol's lines (data, M, each P, the attacks'
+parameters, the profile's overrides, the detector, the adaptive evaluation); each experiment
+adds its own (``departures(settings)`` of its module, collected by
+:mod:`luring.experiments.reproduce` in registry order).
 """
 
 from __future__ import annotations
@@ -16,72 +17,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["PAPER", "disclosure", "target_lines", "defense_lines", "attack_lines",
-           "extra_lines"]
+from luring.defense.build import CALIBRATION_FRACTION
+from luring.defense.calibrate import DEFAULT_CONFIDENCE, DEFAULT_RULE, DEFAULT_TARGET_FPR
+from luring.defense.settings import (
+    QUICK_DATASET_NOTES,
+    QUICK_NOTES,
+    defense_settings,
+    resolve_settings,
+)
+from luring.experiments.paper import PAPER, USED, num
+from luring.experiments.profiles import approach_method, defense_profile, paper_profile
+from luring.models.train import target_settings
 
-_USED = "used, value not given"
-
-PAPER: dict[str, Any] = {
-    # Appendix A: M's training. (SVHN: the text says 50 epochs, table 3 says 5.)
-    "target": {
-        "mnist": dict(epochs=5, batch_size=28, lrs=(1e-2,), milestones=(), dropout=0.0,
-                      rotation_deg=0.0, shift=0.0),
-        "svhn": dict(epochs=50, batch_size=28, lrs=(1e-2,), milestones=(), dropout=0.0,
-                     rotation_deg=0.0, shift=0.0),
-        "cifar10": dict(epochs=200, batch_size=32, lrs=(0.1, 0.01, 0.001), milestones=(80, 120),
-                        dropout=0.0, rotation_deg=0.0, shift=0.0),
-    },
-    # Appendix H.2: PGD adversarial training of M, (ε, steps, step size).
-    "adv_train": {"mnist": (0.3, 40, 0.1), "svhn": (0.03, 10, 0.008),
-                  "cifar10": (0.03, 10, 0.008)},
-    # Appendix B: each P, fixed epochs on all training images, "randomly initialized"
-    # (Algorithm 1 line 2); dropout: 0.0 when not mentioned.
-    "defense": {
-        ("mnist", "stack"): dict(epochs=5, batch_size=28, lr=1e-3, lr_milestones=[], dropout=0.0),
-        ("mnist", "auto"): dict(epochs=50, batch_size=128, lr=1e-3, lr_milestones=[],
-                                dropout=0.0),
-        ("mnist", "ce"): dict(epochs=64, batch_size=64, lr=1e-3,
-                              lr_milestones=[[45, 2e-4], [58, 4e-4]], dropout=0.0),
-        ("mnist", "luring"): dict(epochs=64, batch_size=64, lr=1e-3,
-                                  lr_milestones=[[45, 2e-4], [58, 4e-4]], dropout=0.0),
-        ("svhn", "stack"): dict(epochs=20, batch_size=256, lr=1e-3, lr_milestones=[],
-                                dropout=0.0),
-        ("svhn", "auto"): dict(epochs=5, batch_size=128, lr=1e-3, lr_milestones=[], dropout=0.0),
-        ("svhn", "ce"): dict(epochs=210, batch_size=256, lr=1e-4,
-                             lr_milestones=[[126, 1e-5], [168, 8e-6]], dropout=0.0),
-        ("svhn", "luring"): dict(epochs=210, batch_size=256, lr=1e-4,
-                                 lr_milestones=[[126, 1e-5], [168, 8e-6]], dropout=_USED),
-        ("cifar10", "stack"): dict(epochs=200, batch_size=32, lr=0.1,
-                                   lr_milestones=[[80, 0.01], [120, 0.001]], dropout=0.0),
-        ("cifar10", "ce"): dict(epochs=216, batch_size=256, lr=1e-5,
-                                lr_milestones=[[154, 5e-6], [185, 8e-7]], dropout=_USED),
-        ("cifar10", "luring"): dict(epochs=216, batch_size=256, lr=1e-5,
-                                    lr_milestones=[[154, 5e-6], [185, 8e-7]], dropout=_USED),
-        # Appendix H.1 (ImageNet): luring and C_E only, SGD with momentum 0.9
-        ("imagenet", "ce"): dict(epochs=100, batch_size=256, lr=1e-2, lr_milestones=[[80, 1e-3]],
-                                 dropout=0.0, optimizer="sgd"),
-        ("imagenet", "luring"): dict(epochs=100, batch_size=256, lr=1e-2,
-                                     lr_milestones=[[80, 1e-3]], dropout=0.0, optimizer="sgd"),
-    },
-    "lambda": {"mnist": 1.0, "svhn": 1.0, "cifar10": 0.15, "imagenet": 1.0},  # C, H.1
-    "eco": {"early_stop": False},  # F.1 (budget and block sizes: the paper profile's walk)
-    # Where the text is silent: the authors' code and scripts.
-    "authors": {
-        "p_init": "glorot",  # Keras' default initialiser
-        "p_augment": {"cifar10": {"shift": 5 / 32, "rotate": 10.0}},
-        "eco_loss": "xent",
-        "eco_block_batch": {"mnist": 256, "svhn": 256, "cifar10": 512},
-        "spsa_delta": 0.01,
-    },
-}
+__all__ = ["differences_from_paper", "disclosure", "target_lines", "defense_lines",
+           "attack_lines", "attacker_lines"]
 
 _CLASS_B = ("luring loss (eq. 2): class b is T's top class among the classes ≠ M(x), as in the "
             "authors' code; Algorithm 1 line 6 says T's second class — the two differ exactly "
             "when T(x) ≠ M(x)")
-
-
-def _num(v: float) -> str:
-    return f"{v:g}"
 
 
 def _span(epochs: float) -> str:
@@ -91,16 +44,14 @@ def _span(epochs: float) -> str:
 
 def _schedule(lrs: tuple[float, ...], milestones: tuple[int, ...]) -> str:
     if len(lrs) == 1:
-        return _num(lrs[0])
+        return num(lrs[0])
     after = " and ".join(str(m) for m in milestones)
-    return f"{', '.join(_num(v) for v in lrs)} (after epochs {after})"
+    return f"{', '.join(num(v) for v in lrs)} (after epochs {after})"
 
 
 def target_lines(settings: dict[str, Any]) -> list[str]:
     """M's departures from appendix A (and H.2 when adversarially trained). Settings the
     profile overrides (``settings["target"]``) are left to the generic override lines."""
-    from luring.models.train import target_settings
-
     fam = settings["family"]
     if fam not in PAPER["target"]:  # ImageNet, a user's image folders: M comes from --target
         return [f"M is the user's model (--target); the paper's {fam} M is not trained here"
@@ -123,20 +74,20 @@ def target_lines(settings: dict[str, Any]) -> list[str]:
         out.append(f"M trained with Adam at {_schedule(ts.lrs, ts.milestones)}{ratio} "
                    f"(appendix A's text: {_schedule(paper['lrs'], paper['milestones'])})")
     if "dropout" not in given and ts.dropout != paper["dropout"]:
-        out.append(f"M ({ts.architecture}) with dropout {_num(ts.dropout)} before its dense "
+        out.append(f"M ({ts.architecture}) with dropout {num(ts.dropout)} before its dense "
                    "layers (not in appendix A; the authors' code)")
     if not given & {"rotation_deg", "shift"} and \
             (ts.rotation_deg, ts.shift) != (paper["rotation_deg"], paper["shift"]):
-        out.append(f"M trained on randomly rotated (±{_num(ts.rotation_deg)}°) and shifted "
+        out.append(f"M trained on randomly rotated (±{num(ts.rotation_deg)}°) and shifted "
                    f"(±{100 * ts.shift:.3g}% of the side) images (not in appendix A; the "
                    "authors' code)")
     if ts.adv_train:
         got = (ts.adv_eps, ts.adv_steps, ts.adv_step_size)
         want = PAPER["adv_train"][fam]
         if got != want:
-            out.append(f"M adversarially trained with PGD ε = {_num(got[0])}, {got[1]} steps of "
-                       f"{_num(got[2])} (appendix H.2: ε = {_num(want[0])}, {want[1]} steps "
-                       f"of {_num(want[2])})")
+            out.append(f"M adversarially trained with PGD ε = {num(got[0])}, {got[1]} steps of "
+                       f"{num(got[2])} (appendix H.2: ε = {num(want[0])}, {want[1]} steps "
+                       f"of {num(want[2])})")
     return out
 
 
@@ -150,9 +101,6 @@ def _group(rows: list[tuple[str, str]], fmt: Callable[[str, str], str]) -> list[
 
 def _defense_settings(settings: dict[str, Any], dataset: str | None = None
                       ) -> dict[str, dict[str, Any]]:
-    from luring.defense.settings import defense_settings, resolve_settings
-    from luring.experiments.profiles import approach_method, defense_profile
-
     profile = defense_profile(settings.get("profile", "paper"))
     out = {}
     for a in settings.get("approaches", []):
@@ -167,16 +115,12 @@ def defense_lines(settings: dict[str, Any], dataset: str | None = None) -> list[
     """Each approach's P against appendices B and C (schedule, initialisation, held-out
     selection, dropout, augmentation, weight averaging, λ, step budget, P and loss options)
     and the reading of eq. 2; ``dataset`` picks that data set's quick settings."""
-    from luring.defense.settings import QUICK_DATASET_NOTES, QUICK_NOTES
-
     fam = settings["family"]
     resolved = _defense_settings(settings, dataset)
     authors = PAPER["authors"]
     out: list[str] = []
     rows: dict[str, list[tuple[str, str]]] = {k: [] for k in (
         "init", "select", "dropout", "augment", "ema", "warmup")}
-    from luring.experiments.profiles import approach_method
-
     for method, s in resolved.items():
         base = approach_method(method)[0]  # luring-neutral: the luring method's paper values
         p = PAPER["defense"].get((fam, base))
@@ -214,12 +158,12 @@ def defense_lines(settings: dict[str, Any], dataset: str | None = None) -> list[
                                            f"other {100 * s['val_fraction']:g}% (evaluated "
                                            f"{every})"))
         d, pd = s["dropout"], p["dropout"]
-        if pd == _USED:
-            detail = f"dropout {_num(d)}" if d else "no dropout"
+        if pd == USED:
+            detail = f"dropout {num(d)}" if d else "no dropout"
             rows["dropout"].append((method, f"{detail} (appendix B: \"Dropout is used\", no "
                                             "value given)"))
         elif d != pd:
-            rows["dropout"].append((method, f"dropout {_num(d)} (not in appendix B)"))
+            rows["dropout"].append((method, f"dropout {num(d)} (not in appendix B)"))
         aug = s.get("augment")
         if aug and (aug.get("shift") or aug.get("rotate")):
             ref = authors["p_augment"].get(fam)
@@ -227,14 +171,14 @@ def defense_lines(settings: dict[str, Any], dataset: str | None = None) -> list[
                 abs(aug.get(k, 0.0) - v) < 1e-9 for k, v in ref.items()) else ""
             rows["augment"].append((method, f"random shifts (±{100 * aug.get('shift', 0):.3g}% "
                                             f"of the side) and rotations "
-                                            f"(±{_num(aug.get('rotate', 0))}°) of the training "
+                                            f"(±{num(aug.get('rotate', 0))}°) of the training "
                                             f"images, {aug.get('fill', 'zeros')} fill (not in "
                                             f"appendix B{src})"))
         if s.get("ema"):
-            rows["ema"].append((method, _num(s["ema"])))
+            rows["ema"].append((method, num(s["ema"])))
         if base == "luring" and s["lambda"] != PAPER["lambda"].get(fam, 1.0):
-            out.append(f"luring λ = {_num(s['lambda'])} (appendix C: "
-                       f"{_num(PAPER['lambda'].get(fam, 1.0))})")
+            out.append(f"luring λ = {num(s['lambda'])} (appendix C: "
+                       f"{num(PAPER['lambda'].get(fam, 1.0))})")
         if s.get("max_steps"):
             out.append(f"{method} P: at most {s['max_steps']} optimisation steps (a step "
                        "budget, whatever the number of training images; the schedule is "
@@ -247,10 +191,10 @@ def defense_lines(settings: dict[str, Any], dataset: str | None = None) -> list[
             out.append(f"{method} P: {'; '.join(parts)} (not in tables 5-7, whose P ends in "
                        "a sigmoid)")
         if base == "luring" and (s.get("cap") is not None or s.get("margin")):
-            parts = ([f"first term bounded, -λ min(t_y - t_a, {_num(s['cap'])})"]
+            parts = ([f"first term bounded, -λ min(t_y - t_a, {num(s['cap'])})"]
                      if s.get("cap") is not None else []) + \
-                ([f"hinge with margin {_num(s['margin'])}, max(0, t_b - t_y + "
-                  f"{_num(s['margin'])})"] if s.get("margin") else [])
+                ([f"hinge with margin {num(s['margin'])}, max(0, t_b - t_y + "
+                  f"{num(s['margin'])})"] if s.get("margin") else [])
             out.append(f"{method} loss: {'; '.join(parts)} (equation 2: unbounded first term, "
                        "zero margin)")
         if stack_fix:
@@ -317,21 +261,9 @@ def attack_lines(settings: dict[str, Any]) -> list[str]:
     spsa = defend.get("spsa") if "spsa" not in left else None
     if spsa and "delta" in spsa:
         src = "the authors' code" if spsa["delta"] == authors["spsa_delta"] else \
-            f"the authors' code: {_num(authors['spsa_delta'])}"
-        out.append(f"SPSA δ = {_num(spsa['delta'])} ({src}; F.1 does not state it)")
+            f"the authors' code: {num(authors['spsa_delta'])}"
+        out.append(f"SPSA δ = {num(spsa['delta'])} ({src}; F.1 does not state it)")
     return out
-
-
-def extra_lines(settings: dict[str, Any], dataset: str, experiments: tuple[str, ...]
-                ) -> list[str]:
-    """The departures of the appendix experiments that ran (``advtrain``: appendix H.2,
-    :func:`luring.experiments.advtrain.advtrain_lines`; ``trapdoor``: appendix I,
-    :func:`luring.experiments.trapdoor_exp.trapdoor_lines`)."""
-    from luring.experiments.advtrain import advtrain_lines
-    from luring.experiments.trapdoor_exp import trapdoor_lines
-
-    out = advtrain_lines(settings) if "advtrain" in experiments else []
-    return out + (trapdoor_lines(settings) if "trapdoor" in experiments else [])
 
 
 #: Profile keys with their own lines above, left out of the generic override lines.
@@ -342,9 +274,7 @@ def disclosure(settings: dict[str, Any], dataset: str) -> list[str]:
     """Every departure of a run with resolved profile ``settings`` on ``dataset`` from the
     paper: data, M, each P, the luring loss, the attacks, then each profile value that
     differs from the paper profile's (``path = value (paper: value)``)."""
-    from luring.experiments.profiles import _paper
-
-    paper = _paper(settings["family"])
+    paper = paper_profile(settings["family"])
     out: list[str] = []
     if dataset == "mnist-5k":
         out.append("data: mnist-5k (4,000 training / 1,000 test real MNIST digits) instead of "
@@ -375,4 +305,52 @@ def disclosure(settings: dict[str, Any], dataset: str) -> list[str]:
 
     for key in ("target", "defense", "characterize", "defend", "distortion", "logits"):
         walk(settings.get(key, {}), paper.get(key, {}), key)
+    return out
+
+
+def differences_from_paper(settings: dict[str, Any], dataset: str) -> list[str]:
+    """Where a run with resolved profile ``settings`` on ``dataset`` departs from the paper's
+    protocol (any profile, the paper's included): :func:`disclosure`, then the step budget of
+    M, the detector and the adaptive evaluation with :func:`attacker_lines`. The
+    experiments' own departures are added by the run."""
+    out = disclosure(settings, dataset)
+    budget = (settings.get("target") or {}).get("max_steps")
+    if budget and not any("M trained at most" in d for d in out):
+        out.append(f"M trained at most {budget:,} optimisation steps (appendix A: fixed epochs; "
+                   "the budget binds only on data sets larger than mnist-5k)")
+    if settings.get("approaches"):
+        pct = round(100 * CALIBRATION_FRACTION)
+        out.append(f"detector (not in the paper, beside its rule T ≠ M): each defense holds "
+                   f"out {pct}% of its training images before P trains (so P sees the other "
+                   f"{100 - pct}%, of which the held-out selection split above is a part) and "
+                   f"sets a threshold on the {DEFAULT_RULE} score of T's and M's softmax "
+                   f"outputs there so that the false-alarm rate on new clean images is at most "
+                   f"{DEFAULT_TARGET_FPR:.0%} with probability {DEFAULT_CONFIDENCE:g} (an "
+                   "order-statistic bound; the held-out rate is then below the target); "
+                   "the tables give "
+                   "DAC both with the paper's rule and at that operating point")
+    if settings.get("adaptive"):
+        out.append("adaptive evaluation, masking diagnostics, substitute attacker and paired "
+                   "verdict: not in the paper (its DAC verdict compares numbers without a test)")
+        out += attacker_lines(settings["adaptive"])
+    return out
+
+
+def attacker_lines(cfg: dict[str, Any]) -> list[str]:
+    """Disclosure of the adaptive family's input transforms and the attacker's model S."""
+    out = []
+    for t in cfg.get("transforms") or []:
+        copies, steps = t.get("num_copies", 20), t.get("steps", cfg.get("steps"))
+        alpha = "ε/iterations" if "alpha" in t and t["alpha"] is None else \
+            f"the family's step ({cfg.get('step_size')})"
+        if copies != 20 or steps != 10 or not ("alpha" in t and t["alpha"] is None):
+            out.append(f"{t['attack'].upper()} (adaptive family, not in the paper): {copies} "
+                       f"copies per iteration, {steps} iterations, step {alpha} (its paper: "
+                       "20 copies, 10 iterations of ε/10)")
+    att = cfg.get("attacker") or {}
+    if att.get("ensemble") or att.get("public"):
+        out.append("the attacker's own model S (not in the paper): the family's M architecture "
+                   "trained with labels exactly as M is, on the same training images with "
+                   "another seed (M uses every training image, so no split is left that M did "
+                   "not see); never M's weights")
     return out

@@ -1,7 +1,10 @@
-"""Experiment profiles: the paper's protocol (``paper``), a cut-down one that fits
-``luring demo`` in 10 minutes on a 2-core CPU (``quick``), and a seconds-long one for tests
-(``smoke``). A profile is a plain dict; :func:`resolve_profile` returns the fully resolved
-settings for a data set family, which every run writes to ``config.json``.
+"""The protocol of a run: experiment profiles — the paper's (``paper``), the paper's training
+budget with an evaluation sized to decide (``standard``), a cut-down one that fits ``luring
+demo`` in 5 minutes on a 2-core CPU (``quick``) and a seconds-long one for tests (``smoke``)
+— and the rules every experiment shares to read them (step sizes, the MIM-W grid, the
+approaches' methods). A profile is a plain dict; :func:`resolve_profile` returns the fully
+resolved settings for a data set family, which every run writes to ``config.json``. This
+module imports no other module of the experiments stage.
 """
 
 from __future__ import annotations
@@ -9,18 +12,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from luring.attacks import default_settings
 from luring.errors import LuringError
 
-__all__ = ["PROFILES", "resolve_profile", "APPROACHES", "EXPERIMENTS", "EXTRA_EXPERIMENTS",
-           "ECO_BLOCK", "ECO_BATCH",
-           "L2_BOUND", "differences_from_paper", "VARIANTS", "approach_method",
-           "defense_profile", "attacker_lines"]
+__all__ = ["PROFILES", "resolve_profile", "paper_profile", "APPROACHES", "ECO_BLOCK",
+           "ECO_BATCH", "L2_BOUND", "VARIANTS", "approach_method", "defense_profile",
+           "USER_TARGET_FAMILIES", "step_size", "attack_steps", "mimw_settings"]
 
 APPROACHES = ("stack", "auto", "ce", "luring")
-EXPERIMENTS = ("characterize", "defend", "adaptive", "distortion", "logits", "saliency")
-#: Accepted by ``--experiments`` and the per-experiment commands, not run by default:
-#: appendix H.2 (tables 18-19, luring on an adversarially trained M) and appendix I (table 20).
-EXTRA_EXPERIMENTS = ("advtrain", "trapdoor")
 #: The adaptive family's transfer attacks (not in the paper), with the attacks' defaults.
 _TRANSFER = [{"attack": "ni-fgsm"}, {"attack": "si-ni-fgsm"}, {"attack": "vmi-fgsm"},
              {"attack": "vni-fgsm"}]
@@ -66,7 +65,8 @@ _P_GRID = [round(0.1 * i, 1) for i in range(1, 11)]
 _K_GRID = [3, 5, 10, 15]
 
 
-def _paper(family: str) -> dict[str, Any]:
+def paper_profile(family: str) -> dict[str, Any]:
+    """The paper's protocol for data set ``family`` (the ``paper`` profile, unresolved)."""
     return {
         "approaches": list(_APPROACHES.get(family, APPROACHES)),
         "eps": list(_EPS[family]),
@@ -120,7 +120,7 @@ def _paper(family: str) -> dict[str, Any]:
 
 
 def _quick(family: str) -> dict[str, Any]:
-    p = _paper(family)
+    p = paper_profile(family)
     # MNIST's M keeps appendix A's 5 epochs: with 3 (the previous quick choice) the luring T
     # agreed less with M on images neither had seen (docs/tuning.md). SVHN's and CIFAR10's
     # M (50 and 200 epochs in appendix A) are cut to 3 for a quick look.
@@ -204,7 +204,7 @@ def _standard(family: str) -> dict[str, Any]:
     grid, the substitute attacker; SPSA and ECO left out of the defend tables (a budget that
     fools T costs days on a CPU: the quick profile's left T right on 26-84% of the images),
     SPSA kept in the gradient-masking check."""
-    p = _paper(family)
+    p = paper_profile(family)
     apps = list(p["approaches"])
     p["approaches"] = apps[:apps.index("luring") + 1] + ["luring-neutral"]
     p["characterize"].update(n=200, steps=100)
@@ -231,7 +231,7 @@ def _standard(family: str) -> dict[str, Any]:
     return p
 
 
-PROFILES = {"paper": _paper, "standard": _standard, "quick": _quick, "smoke": _smoke}
+PROFILES = {"paper": paper_profile, "standard": _standard, "quick": _quick, "smoke": _smoke}
 
 #: Approaches that are one of the four methods with other settings: name → (method, P
 #: settings over the profile's). ``luring-neutral``: the luring loss with the quick profile's
@@ -277,52 +277,14 @@ def step_size(spec: float | str, eps: float, steps: int) -> float:
     return float(spec)
 
 
-def differences_from_paper(settings: dict[str, Any], dataset: str) -> list[str]:
-    """Human-readable list of where a run with resolved profile ``settings`` on ``dataset``
-    departs from the paper's protocol (any profile, the paper's included), generated from the
-    resolved settings by :func:`luring.experiments.disclosure.disclosure`."""
-    from luring.defense.build import CALIBRATION_FRACTION
-    from luring.defense.calibrate import DEFAULT_CONFIDENCE, DEFAULT_RULE, DEFAULT_TARGET_FPR
-    from luring.experiments.disclosure import disclosure
-
-    out = disclosure(settings, dataset)
-    budget = (settings.get("target") or {}).get("max_steps")
-    if budget and not any("M trained at most" in d for d in out):
-        out.append(f"M trained at most {budget:,} optimisation steps (appendix A: fixed epochs; "
-                   "the budget binds only on data sets larger than mnist-5k)")
-    if settings.get("approaches"):
-        pct = round(100 * CALIBRATION_FRACTION)
-        out.append(f"detector (not in the paper, beside its rule T ≠ M): each defense holds "
-                   f"out {pct}% of its training images before P trains (so P sees the other "
-                   f"{100 - pct}%, of which the held-out selection split above is a part) and "
-                   f"sets a threshold on the {DEFAULT_RULE} score of T's and M's softmax "
-                   f"outputs there so that the false-alarm rate on new clean images is at most "
-                   f"{DEFAULT_TARGET_FPR:.0%} with probability {DEFAULT_CONFIDENCE:g} (an "
-                   "order-statistic bound; the held-out rate is then below the target); "
-                   "the tables give "
-                   "DAC both with the paper's rule and at that operating point")
-    if settings.get("adaptive"):
-        out.append("adaptive evaluation, masking diagnostics, substitute attacker and paired "
-                   "verdict: not in the paper (its DAC verdict compares numbers without a test)")
-        out += attacker_lines(settings["adaptive"])
-    return out
+def attack_steps(cfg: dict[str, Any], eps: float) -> tuple[int, float]:
+    """``(steps, step size)`` of an iterative attack configured by ``cfg`` (a profile's
+    ``steps`` and ``step_size``, a number or the rule of :func:`step_size`) at bound ``eps``."""
+    steps = int(cfg["steps"])
+    return steps, step_size(cfg["step_size"], eps, steps)
 
 
-def attacker_lines(cfg: dict[str, Any]) -> list[str]:
-    """Disclosure of the adaptive family's input transforms and the attacker's model S."""
-    out = []
-    for t in cfg.get("transforms") or []:
-        copies, steps = t.get("num_copies", 20), t.get("steps", cfg.get("steps"))
-        alpha = "ε/iterations" if "alpha" in t and t["alpha"] is None else \
-            f"the family's step ({cfg.get('step_size')})"
-        if copies != 20 or steps != 10 or not ("alpha" in t and t["alpha"] is None):
-            out.append(f"{t['attack'].upper()} (adaptive family, not in the paper): {copies} "
-                       f"copies per iteration, {steps} iterations, step {alpha} (its paper: "
-                       "20 copies, 10 iterations of ε/10)")
-    att = cfg.get("attacker") or {}
-    if att.get("ensemble") or att.get("public"):
-        out.append("the attacker's own model S (not in the paper): the family's M architecture "
-                   "trained with labels exactly as M is, on the same training images with "
-                   "another seed (M uses every training image, so no split is left that M did "
-                   "not see); never M's weights")
-    return out
+def mimw_settings(cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """The MIM-W grid of a profile section with ``p_values`` and ``kernel_sizes`` (see
+    :func:`luring.attacks.default_settings`): MIM; DIM per p; MIM-TI per size; DIM-TI."""
+    return default_settings(tuple(cfg["p_values"]), tuple(cfg["kernel_sizes"]))

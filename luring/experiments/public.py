@@ -1,5 +1,4 @@
-"""The attacker's own model S: the public-model transfer row and the breakdown of a worst case
-by the attacks that broke each example.
+"""The attacker's own model S: the public-model transfer row of the adaptive experiment.
 
 ``public`` (Sitawarin et al., ICLR 2024, PubDef's threat): examples crafted on S alone — the
 MIM-W grid and the input-transformation attacks of the adaptive settings, S's own predictions
@@ -19,17 +18,15 @@ from typing import Any
 
 import torch
 
-from luring.experiments.common import aggregate, unit_seed
-from luring.experiments.defend import mimw_settings
-from luring.experiments.profiles import step_size
-from luring.experiments.store import RunDir
-from luring.metrics import rate
+from luring.attacks import worst_case_search
+from luring.experiments.common import aggregate, rates, unit_seed
+from luring.experiments.context import Result, RunContext
+from luring.experiments.family import KEYS
+from luring.experiments.profiles import attack_steps, mimw_settings
 from luring.models import predict_labels
 from luring.utils import fingerprint, progress
 
-__all__ = ["run_public", "public_settings", "breakdown"]
-
-_KEYS = ("t_ok", "m_ok", "defended")
+__all__ = ["run_public", "public_settings", "judge"]
 
 
 def public_settings(cfg: dict[str, Any]) -> list[dict[str, Any]]:
@@ -39,16 +36,13 @@ def public_settings(cfg: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _craft(attacker, target, x, y, eps, cfg, seed) -> list[torch.Tensor]:
     """Per public setting, the examples crafted on S (each setting its own search)."""
-    from luring.attacks import worst_case_search
-
-    steps = int(cfg["steps"])
+    steps, alpha = attack_steps(cfg, eps)
     return [worst_case_search(attacker, target, x, y, eps, steps=steps, mu=cfg["mu"],
-                              alpha=step_size(cfg["step_size"], eps, steps), settings=[s],
-                              seed=seed, progress=False).best_x_adv
+                              alpha=alpha, settings=[s], seed=seed, progress=False).best_x_adv
             for s in public_settings(cfg)]
 
 
-def _judge(model, target, crafted: list[torch.Tensor], y: torch.Tensor
+def judge(model, target, crafted: list[torch.Tensor], y: torch.Tensor
            ) -> dict[str, torch.Tensor]:
     """Per-example worst case over the crafted sets, judged on T (``model``) and M."""
     y = y.cpu()
@@ -57,88 +51,59 @@ def _judge(model, target, crafted: list[torch.Tensor], y: torch.Tensor
         t_pred, m_pred = predict_labels(model, x_adv).cpu(), predict_labels(target, x_adv).cpu()
         b = {"t_ok": t_pred == y, "m_ok": m_pred == y,
              "defended": (m_pred == y) | (t_pred != m_pred)}
-        every = b if every is None else {k: every[k] & b[k] for k in _KEYS}
+        every = b if every is None else {k: every[k] & b[k] for k in KEYS}
     assert every is not None
     return every
 
 
-def run_public(run: RunDir, target: torch.nn.Module, defenses: dict[str, dict[int, Any]],
-               attackers: dict[int, dict[str, Any]], x: torch.Tensor, y: torch.Tensor,
-               settings: dict[str, Any], seed: int, ident: dict[str, Any] | None = None
-               ) -> tuple[list[dict[str, Any]], dict[tuple, dict[str, torch.Tensor]]]:
-    """Run (or reuse) the public-model units. ``attackers``: ``{seed: {"model": S, ...}}``
-    (:func:`luring.experiments.models.prepare_attackers`); ``x``, ``y``: the adaptive
+def run_public(ctx: RunContext, x: torch.Tensor, y: torch.Tensor,
+               ident: dict[str, Any]) -> Result:
+    """Run (or reuse) the public-model units of ``ctx``'s defenses with the attacker's
+    models ``ctx.attackers`` (``{seed: {"model": S, ...}}``); ``x``, ``y``: the adaptive
     experiment's images. Returns the ``public`` rows (per approach and ε: AC_MoP = T's
     accuracy, AC_M, DAC on the examples crafted on S; ``attacker``: S's test accuracy and
     number of training images) and the per-example booleans
-    ``{(seed, approach, "public", ε): ...}``."""
-    cfg = settings["adaptive"]
-    seeds = sorted(next(iter(defenses.values())).keys()) if defenses else []
-    if not (cfg.get("attacker") or {}).get("public") or not all(s in attackers for s in seeds):
-        return [], {}
+    ``{(seed, approach, "public", ε): ...}`` (final pass; units only before)."""
+    cfg, eps_values = ctx.settings["adaptive"], ctx.eps
+    pairs = ctx.pairs()
+    if not (cfg.get("attacker") or {}).get("public") or \
+            not all(s in ctx.attackers for s, _ in pairs):
+        return Result()
     crafted: dict[tuple[int, float], list[torch.Tensor]] = {}
     units: dict[tuple[int, str], tuple] = {}
-    for s, a in progress([(s, a) for s in seeds for a in defenses], desc="public model",
-                         unit="model"):
-        sm = attackers[s]["model"]
+    for s, a in progress(pairs, desc="public model", unit="model"):
+        sm = ctx.attackers[s]["model"]
 
-        def judge(m=defenses[a][s].augmented, s=s, sm=sm):
+        def work(m=ctx.defenses[a][s].augmented, s=s, sm=sm):
             out = {}
-            for e in settings["eps"]:
+            for e in eps_values:
                 if (s, e) not in crafted:
-                    crafted[(s, e)] = _craft(sm, target, x, y, e, cfg,
-                                             unit_seed(seed, s, "public", e))
-                out |= {f"eps{e}_{k}": v for k, v in _judge(m, target, crafted[(s, e)],
-                                                             y).items()}
+                    crafted[(s, e)] = _craft(sm, ctx.target, x, y, e, cfg,
+                                             unit_seed(ctx.seed, s, "public", e))
+                out |= {f"eps{e}_{k}": v for k, v in judge(m, ctx.target, crafted[(s, e)],
+                                                            y).items()}
             return out, {"settings": public_settings(cfg)}
 
-        units[(s, a)] = run.unit("adaptive", f"s{s}-{a}-public", judge,
-                                 {"run": ident, "params": {k: cfg[k] for k in (
-                                     "steps", "step_size", "mu", "p_values", "kernel_sizes",
-                                     "transforms")},
-                                  "attacker": fingerprint(sm), "eps": settings["eps"]})
-    rows, outcomes = [], {}
+        units[(s, a)] = ctx.run.unit("adaptive", f"s{s}-{a}-public", work,
+                                     {"run": ident, "params": {k: cfg[k] for k in (
+                                         "steps", "step_size", "mu", "p_values",
+                                         "kernel_sizes", "transforms")},
+                                      "attacker": fingerprint(sm), "eps": eps_values})
+    if not ctx.final:
+        return Result()
+    seeds, out = ctx.seeds, Result()
     # S's training time is in the run's timings.json (results.json holds no timing: a
     # resumed run writes the same bytes)
-    info = {"attacker": {"test_accuracy": [attackers[s]["test_accuracy"] for s in seeds],
-                         "n_train": attackers[seeds[0]]["n_train"] if seeds else None,
+    info = {"attacker": {"test_accuracy": [ctx.attackers[s]["test_accuracy"] for s in seeds],
+                         "n_train": ctx.attackers[seeds[0]]["n_train"],
                          "settings": public_settings(cfg)}}
-    for a in defenses:
-        for e in settings["eps"]:
+    for a in ctx.defenses:
+        for e in eps_values:
             per = []
             for s in seeds:
                 t, _ = units[(s, a)]
-                b = {k: t[f"eps{e}_{k}"] for k in _KEYS}
-                outcomes[(s, a, "public", e)] = b
-                per.append({"ac_mop": rate(b["t_ok"]), "ac_m": rate(b["m_ok"]),
-                            "dac": rate(b["defended"]),
-                            "ac_m_given_fooled": rate(b["m_ok"], where=~b["t_ok"])})
-            rows.append(aggregate("adaptive", a, "public", e, per, info, seeds=seeds))
-    return rows, outcomes
-
-
-def breakdown(parts: dict[str, list[dict[str, torch.Tensor]]]) -> dict[str, dict[str, Any]]:
-    """Which parts of a per-example worst case broke its examples. ``parts``: part name →
-    per-seed booleans (``t_ok``, ``m_ok``, ``defended``, (n,) each; every part the same
-    examples in the same order). Per part, pooled over seeds: ``dac`` and ``ac_m`` under that
-    part alone, ``broke`` (the fraction of examples it left undefended) and ``only`` (the
-    fraction no other part left undefended); ``"all"`` holds the worst case's own DAC and
-    AC_M. Fractions of n (the examples of every seed), in [0, 1]."""
-    names = list(parts)
-    cat = {p: {k: torch.cat([b[k].bool().reshape(-1).cpu() for b in parts[p]]) for k in _KEYS}
-           for p in names}
-    broke = {p: ~cat[p]["defended"] for p in names}
-    out: dict[str, dict[str, Any]] = {}
-    n = len(broke[names[0]]) if names else 0
-    for p in names:
-        others = torch.zeros(n, dtype=torch.bool)
-        for q in names:
-            if q != p:
-                others |= broke[q]
-        out[p] = {"dac": rate(cat[p]["defended"]).value, "ac_m": rate(cat[p]["m_ok"]).value,
-                  "broke": rate(broke[p]).value, "only": rate(broke[p] & ~others).value, "n": n}
-    if names:
-        every = torch.stack([cat[p]["defended"] for p in names]).all(0)
-        m_ok = torch.stack([cat[p]["m_ok"] for p in names]).all(0)
-        out["all"] = {"dac": rate(every).value, "ac_m": rate(m_ok).value, "n": n}
+                b = {k: t[f"eps{e}_{k}"] for k in KEYS}
+                out.outcomes[(s, a, "public", e)] = b
+                per.append(rates(**b, given_fooled=True))
+            out.rows.append(aggregate("adaptive", a, "public", e, per, info, seeds=seeds))
     return out

@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from luring.attacks.batched import batchable, run_together
+from luring.attacks.registry import create
 from luring.experiments.common import together
-from luring.experiments.defend import mimw_settings
-from luring.experiments.profiles import step_size
+from luring.experiments.profiles import attack_steps, mimw_settings
 from luring.experiments.store import Unit
 from luring.models import predict_labels
 
@@ -59,12 +60,8 @@ def transfer_search(source: nn.Module, target: nn.Module, x: torch.Tensor, y: to
     setting best for the adversary under that rule) and ``rule_all_defended``. meta: ``best``
     and ``rule_best`` (the settings) and ``per_setting`` (attack, params and rates of each,
     ``dac_rule`` the DAC under the paper's rule)."""
-    from luring.attacks.batched import batchable, run_together
-    from luring.attacks.registry import create
-
     flag = flag or paper_rule(source, target)
-    steps = int(cfg["steps"])
-    alpha = step_size(cfg["step_size"], eps, steps)
+    steps, alpha = attack_steps(cfg, eps)
     grid = search_settings(cfg)
     attacks = []
     for s in grid:

@@ -1,10 +1,16 @@
-"""The run directory: an exclusive lock, and a store of finished units.
+"""The run directory: an exclusive lock, and a store of finished units and trained models.
 
 A *unit* is a piece of work whose result is kept as soon as it ends: one safetensors file
 ``units/<kind>/<key>.safetensors`` holding its per-example tensors, with its scalar results
 as JSON in the file's metadata. Files are written atomically, so a unit is either complete
 or absent; a rerun skips the units present. Units are deterministic functions of the
 settings and the seed, so a resumed run gives the results of an uninterrupted one.
+
+A *trained model* (M, each defense, the attacker's model S, the appendix experiments' own
+models) is stored the same way, as a directory ``models/<name>`` (:meth:`RunDir.model`):
+built under a temporary name and renamed into place when complete, with ``identity.json``
+recording what it was trained from; it is reused only for the same identity and refused
+(never silently retrained or reused) for another.
 
 Identity: a run directory holds one run. ``config.json`` records the run's *identity* (data
 set, fingerprints of its splits, profile settings, seeds, target M); a rerun whose identity
@@ -30,9 +36,19 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from luring.errors import LuringError
-from luring.utils import atomic_write_bytes, ensure_dir, fingerprint, read_json, to_jsonable
+from luring.utils import (
+    atomic_write_bytes,
+    atomic_write_json,
+    ensure_dir,
+    fingerprint,
+    read_json,
+    to_jsonable,
+)
 
-__all__ = ["RunDir", "Unit", "identity_differences"]
+__all__ = ["RunDir", "Unit", "identity_differences", "IDENTITY"]
+
+#: The file of a model directory that records what the model was trained from.
+IDENTITY = "identity.json"
 
 Unit = tuple[dict[str, torch.Tensor], dict[str, Any]]
 
@@ -147,6 +163,35 @@ class RunDir:
         atomic_write_bytes(path, blob)
         self.ran.append(f"{kind}/{key}")
         return tensors, meta
+
+
+    def model(self, name: str, identity: dict[str, Any], build: Callable[[Path], None], *,
+              marker: str, announce: Callable[[], None] | None = None) -> Path:
+        """The trained model ``models/<name>``: reused when it holds ``marker`` (its
+        sidecar: ``model.json``, ``defense.json``) and was trained from ``identity``;
+        refused (one-line error) when trained from something else; else ``announce()``
+        then ``build(tmp)`` into a fresh temporary directory, ``identity`` recorded in it,
+        renamed into place. Returns the directory."""
+        final = self.path / "models" / name
+        if (final / marker).exists():
+            old = read_json(final / IDENTITY) if (final / IDENTITY).exists() else None
+            diffs = identity_differences(old, to_jsonable(identity))
+            if diffs:
+                raise LuringError(
+                    f"{final.relative_to(self.path)} in {self.path} was trained from something "
+                    f"else ({'; '.join(diffs)}); use another --out, or --restart to clear the "
+                    "directory and retrain")
+            return final
+        if announce is not None:
+            announce()
+        tmp = final.with_name(f".{final.name}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by a killed run
+        tmp.mkdir(parents=True)
+        build(tmp)
+        atomic_write_json(tmp / IDENTITY, identity)
+        os.replace(tmp, final)
+        return final
 
 
 def identity_differences(old: Any, new: Any, path: str = "") -> list[str]:

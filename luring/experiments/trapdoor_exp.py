@@ -26,22 +26,32 @@ Units: ``trapdoor/s<seed>-<trapdoor|luring>-eps<ε>``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
 from typing import Any
 
 import torch
 
-from luring.data import get_spec, load
-from luring.errors import LuringError
-from luring.experiments.common import aggregate, select_images, unit_seed
-from luring.experiments.models import build_dir, check_reuse
+from luring.data import get_spec
+from luring.defense import build_trapdoor, load_trapdoor
+from luring.defense.trapdoor import QUICK_NOTES, resolve_trapdoor_settings, trapdoor_settings
+from luring.experiments.common import aggregate, unit_seed
+from luring.experiments.context import Result, RunContext
 from luring.experiments.search import transfer_search
-from luring.experiments.store import RunDir
 from luring.metrics import rate
-from luring.utils import fingerprint, progress, read_json
+from luring.utils import fingerprint, progress
 
-__all__ = ["run_trapdoor_exp", "trapdoor_run_settings", "trapdoor_lines", "target_architecture",
-           "DAC_DEFINITION"]
+__all__ = ["SUMMARY", "run", "departures", "trapdoor_run_settings", "DAC_DEFINITION", "APPROACHES",
+           "SHARDED"]
+
+#: The experiment in one line (the CLI's help).
+SUMMARY = ("appendix I: a trapdoored model (Shan et al. 2019) as the public model, beside luring "
+           "(table 20)")
+
+
+#: Of the run's approaches it needs the luring defense only.
+APPROACHES = ("luring",)
+#: Run only in the final pass (its own models and units).
+SHARDED = False
 
 DAC_DEFINITION = ("Trapdoor DAC (not defined in the paper): an adversarial example counts as "
                   "caught when the trapdoor's detector flags it (cosine similarity of its "
@@ -57,8 +67,6 @@ def trapdoor_run_settings(settings: dict[str, Any], architecture: str | None = N
                           ) -> dict[str, Any]:
     """The trapdoor settings of a run: the reference code's (paper profile) or the quick
     ones (quick and smoke profiles), M's architecture, then ``trapdoor.settings``."""
-    from luring.defense.trapdoor import resolve_trapdoor_settings, trapdoor_settings
-
     profile = "paper" if settings["profile"] == "paper" else "quick"
     base = trapdoor_settings(settings["family"], profile)
     over = dict(settings["trapdoor"].get("settings") or {})
@@ -67,52 +75,28 @@ def trapdoor_run_settings(settings: dict[str, Any], architecture: str | None = N
     return resolve_trapdoor_settings(base, **over)
 
 
-def target_architecture(defenses: dict[str, dict[int, Any]]) -> str | None:
-    """M's architecture, read from a defense's copy of M (``target.json``; None without)."""
-    for per in defenses.values():
-        for d in per.values():
-            side = d.directory / "target.json" if d.directory is not None else None
-            if side is not None and side.is_file():
-                return read_json(side).get("architecture")
-    return None
-
-
-def _models(run: RunDir, dataset: str, settings: dict[str, Any], ts: dict[str, Any],
-            seeds: list[int], device: torch.device, data_dir: str | None,
-            fps: dict[str, str], test: tuple[torch.Tensor, torch.Tensor],
-            log: Callable[[str], None]) -> dict[int, Any]:
+def _models(ctx: RunContext, ts: dict[str, Any]) -> dict[int, Any]:
     """Train or reuse the trapdoored model of each seed; returns {seed: TrappedModel}."""
-    from luring.defense.trapdoor_train import build_trapdoor, load_trapdoor
-
-    spec = get_spec(dataset)
-    models = run.path / "models"
-    models.mkdir(exist_ok=True)
-    limit = settings["trapdoor"].get("train_images")
+    spec = get_spec(ctx.dataset)
+    limit = ctx.settings["trapdoor"].get("train_images")
     out: dict[int, Any] = {}
-    train: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for s in seeds:
-        ddir = models / f"trapdoor-s{s}"
-        ident = {"method": "trapdoor", "seed": s, "dataset": dataset, "data": fps["train"],
-                 "settings": ts, "train_images": limit}
-        if not (ddir / "defense.json").exists():
-            if not train:
-                x, y = load(dataset, "train", data_dir)
-                if fingerprint(x, y) != fps["train"]:
-                    raise LuringError(f"the {dataset} training split changed during the run; "
-                                      "rerun with --restart")
-                train.append((x, y))
-            x_tr, y_tr = train[0]
+    for s in ctx.seeds:
+        ident = {"method": "trapdoor", "seed": s, "dataset": ctx.dataset,
+                 "data": ctx.fps["train"], "settings": ts, "train_images": limit}
+
+        def build(d, s=s):
+            x_tr, y_tr = ctx.train_split()
             if limit:  # the smoke profile trains on a seeded subset, to keep tests short
                 keep = torch.randperm(len(x_tr), generator=torch.Generator().manual_seed(s))
                 x_tr, y_tr = x_tr[keep[:limit]], y_tr[keep[:limit]]
-            log(f"training the trapdoored model (seed {s}) ...")
-            build_dir(ddir, lambda d, s=s, x_tr=x_tr, y_tr=y_tr: build_trapdoor(
-                d, x_tr, y_tr, test, settings=ts, family=spec.family, dataset=dataset,
-                classes=list(spec.classes), seed=s, device=device,
-                desc=f"trapdoor (seed {s})"), ident)
-        else:
-            check_reuse(run, ddir, ident)
-        out[s] = load_trapdoor(ddir, device=device)
+            build_trapdoor(d, x_tr, y_tr, (ctx.x_test, ctx.y_test), settings=ts,
+                           family=spec.family, dataset=ctx.dataset, classes=list(spec.classes),
+                           seed=s, device=ctx.device, desc=f"trapdoor (seed {s})")
+
+        ddir = ctx.run.model(f"trapdoor-s{s}", ident, build, marker="defense.json",
+                             announce=lambda s=s: ctx.log(
+                                 f"training the trapdoored model (seed {s}) ..."))
+        out[s] = load_trapdoor(ddir, device=ctx.device)
     return out
 
 
@@ -133,37 +117,29 @@ def _clean(trapped: dict[int, Any], seeds: list[int]) -> dict[str, Any]:
     return {"per_seed": per} | {k: per[0][k] for k in per[0] if k != "seed"}
 
 
-def run_trapdoor_exp(run: RunDir, dataset: str, target: torch.nn.Module,
-                     defenses: dict[str, dict[int, Any]], settings: dict[str, Any], seed: int,
-                     seeds: list[int], device: torch.device, data_dir: str | None,
-                     test: tuple[torch.Tensor, torch.Tensor], fps: dict[str, str],
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train (or reuse) the trapdoored models, run (or reuse) every unit and return
-    ``results["trapdoor"]``: ``rows`` (per approach ``trapdoor``/``luring``, attack
-    ``best``/``worst-case`` and ε: ac_mop, ac_m, dac, detection_rate, n, ci), ``clean`` (the
+def run(ctx: RunContext) -> Result:
+    """Train (or reuse) the trapdoored models, run (or reuse) every unit and return section
+    ``trapdoor``: ``rows`` (per approach ``trapdoor``/``luring``, attack ``best``/
+    ``worst-case`` and ε: ac_mop, ac_m, dac, detection_rate, n, ci), ``clean`` (the
     trapdoored models' clean figures), ``settings`` (resolved trapdoor settings), ``n``,
-    ``eps`` and ``dac_definition``. ``defenses["luring"]``: the run's luring T per seed."""
-    if "luring" not in defenses:
-        raise LuringError("the trapdoor experiment compares with the run's luring defense; "
-                          "keep 'luring' among the profile's approaches")
+    ``eps`` and ``dac_definition``. Luring is the run's luring T per seed."""
+    lur = ctx.required("luring", "the trapdoor experiment compares with")
+    settings, seed, seeds, target = ctx.settings, ctx.seed, ctx.seeds, ctx.target
     cfg = settings["trapdoor"]
-    ts = trapdoor_run_settings(settings, target_architecture(defenses))
-    trapped = _models(run, dataset, settings, ts, seeds, device, data_dir, fps, test, log)
-    lur = defenses["luring"]
-    x_test, y_test = test
+    ts = trapdoor_run_settings(settings, ctx.target_architecture())
+    trapped = _models(ctx, ts)
     models = [target]
     if settings.get("images_correct_for") == "all":
         models += [t.model for t in trapped.values()] + [d.augmented for d in lur.values()]
-    idx = select_images(x_test, y_test, models, int(cfg["n"]), seed)
-    if len(idx) < int(cfg["n"]):
-        log(f"note: only {len(idx)} test images are classified correctly by M and every public "
-            f"model; trapdoor uses {len(idx)} instead of {cfg['n']}")
-    x, y = x_test[idx].to(device), y_test[idx]
-    ident = {"data": fps["test"], "indices": idx, "seed": seed,
+    idx = ctx.select(models, int(cfg["n"]),
+                     "M and every public model; trapdoor uses {k} instead of {n}")
+    x, y = ctx.x_test[idx].to(ctx.device), ctx.y_test[idx]
+    ident = {"data": ctx.fps["test"], "indices": idx, "seed": seed,
              "models": {"target": fingerprint(target),
                         "trapdoor": {s: fingerprint(t.model) for s, t in trapped.items()},
                         "threshold": {s: t.threshold for s, t in trapped.items()},
                         "luring": {s: fingerprint(d.augmented) for s, d in lur.items()}}}
+    run = ctx.run
     mw = settings["defend"]["mim_w"]
     units: dict[tuple, Any] = {}
     jobs = [(a, s, e) for s in seeds for a in ("trapdoor", "luring") for e in settings["eps"]]
@@ -200,15 +176,14 @@ def run_trapdoor_exp(run: RunDir, dataset: str, target: torch.nn.Module,
                                    "rule_setting": rule_chosen[0]}, seeds=seeds))
             rows.append(aggregate("trapdoor", a, "worst-case", e, per["worst-case"],
                                   seeds=seeds))
-    return {"eps": list(settings["eps"]), "n": len(idx), "rows": rows,
-            "clean": _clean(trapped, seeds), "settings": ts, "dac_definition": DAC_DEFINITION}
+    return Result(sections={"trapdoor": {
+        "eps": list(settings["eps"]), "n": len(idx), "rows": rows,
+        "clean": _clean(trapped, seeds), "settings": ts, "dac_definition": DAC_DEFINITION}})
 
 
-def trapdoor_lines(settings: dict[str, Any]) -> list[str]:
+def departures(settings: dict[str, Any]) -> list[str]:
     """The trapdoor experiment's departures from appendix I (table 20) and from the
     reference code of Shan et al. (``Shawn-Shan/trapdoor``) that the paper says it used."""
-    from luring.defense.trapdoor import QUICK_NOTES, trapdoor_settings
-
     fam, cfg = settings["family"], settings["trapdoor"]
     ts = trapdoor_run_settings(settings)
     ref = trapdoor_settings(fam, "paper")
@@ -241,7 +216,5 @@ def trapdoor_lines(settings: dict[str, Any]) -> list[str]:
 
 def _value(v: Any) -> str:
     """A setting's value for a disclosure line: numbers with ``%g``, the rest as JSON."""
-    import json
-
     return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else \
         json.dumps(v)

@@ -10,8 +10,6 @@ from luring.models.architectures import (
     ARCHITECTURES,
     ArchSpec,
     Stacked,
-    arch_spec,
-    build,
     default_architectures,
     default_component,
     default_component_arch,
@@ -24,6 +22,7 @@ from luring.models.checkpoint import (
     save_checkpoint,
 )
 from luring.models.importing import import_target, read_weights
+from luring.models.lookup import arch_spec, build
 from luring.models.mobilenet import MobileNetV2
 from luring.models.predict import model_device, predict_labels, predict_logits
 from luring.models.user import register_architecture, unregister_architecture

@@ -1,19 +1,20 @@
 """The paper's architectures (appendix A, tables 2-4: targets M; appendix B, tables 5-7:
 defense components P; appendix H.1: MobileNetV2 and the table-15 P for ImageNet), a default
-P for any image size, and a name → constructor registry.
+P for any image size, and the table of built-in names (:data:`ARCHITECTURES`, which
+:mod:`luring.models.user` extends with a user's registrations).
 
 Every model takes float32 NCHW images in [0, 1]. Targets return logits of shape (N, classes);
 components return images of the input's shape in (0, 1) (sigmoid output).
 
-Besides the names in :data:`ARCHITECTURES`, :func:`arch_spec` and :func:`build` accept
-``default-component-HxW`` (e.g. ``default-component-64x48``): the
-:class:`~luring.models.components.DefaultComponent` planned for H×W images, the component
+Names are looked up and built by :func:`luring.models.lookup.arch_spec` and
+:func:`luring.models.lookup.build` (also :func:`luring.models.build`), which accept besides
+the names in :data:`ARCHITECTURES` ``default-component-HxW`` (e.g. ``default-component-64x48``):
+the :class:`~luring.models.components.DefaultComponent` planned for H×W images, the component
 :func:`default_architectures` picks for data sets the paper does not cover.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,15 +22,12 @@ import torch
 from torch import nn
 
 from luring.errors import LuringError
-from luring.models.adapt import adapt, split_adapt_kwargs
 from luring.models.components import DefaultComponent
 from luring.models.mobilenet import MobileNetV2
 
 __all__ = [
     "ArchSpec",
     "ARCHITECTURES",
-    "build",
-    "arch_spec",
     "default_architectures",
     "Stacked",
     "default_component",
@@ -251,8 +249,6 @@ _DEFAULTS = {
     "imagenet": ("imagenet-target", "imagenet-component"),
 }
 
-_DEFAULT_COMPONENT = re.compile(r"default-component-([1-9][0-9]*)x([1-9][0-9]*)")
-
 
 def default_component_arch(shape: Sequence[int]) -> str:
     """The architecture name of the default P for images of ``shape`` (C, H, W) or (H, W):
@@ -267,44 +263,6 @@ def default_component(in_channels: int, height: int, width: int,
     encoder-decoder scaled to the input (see :mod:`luring.models.components`). Output
     (N, C, H, W) in (0, 1)."""
     return DefaultComponent(in_channels, (height, width), dropout=dropout)
-
-
-def arch_spec(name: str) -> ArchSpec:
-    """The :class:`ArchSpec` for ``name``: a registered one, ``default-component-HxW``, or
-    one of a user's (:mod:`luring.models.user`: ``module:callable``, ``torchvision:NAME``,
-    ``timm:NAME``, ``torchscript``); an unknown name is a LuringError listing the known
-    names."""
-    from luring.models import user
-
-    if name not in ARCHITECTURES and user.is_dynamic(name):
-        return user.dynamic_spec(name)
-    m = _DEFAULT_COMPONENT.fullmatch(name) if isinstance(name, str) else None
-    if m and name not in ARCHITECTURES:
-        h, w = int(m.group(1)), int(m.group(2))
-        return ArchSpec(name, "component", (3, h, w),
-                        lambda c=3, k=None, **kw: DefaultComponent(c, (h, w), **kw), 0,
-                        f"default encoder/decoder planned for {h}x{w} images")
-    if name not in ARCHITECTURES:
-        known = ", ".join(sorted(ARCHITECTURES))
-        raise LuringError(f"unknown architecture {name!r}; choose one of: {known}, "
-                          "default-component-HxW, module:callable (a factory in your module), "
-                          "torchvision:NAME, timm:NAME or torchscript")
-    return ARCHITECTURES[name]
-
-
-def build(name: str, in_channels: int | None = None, num_classes: int | None = None,
-          **kwargs) -> nn.Module:
-    """Construct architecture ``name`` (randomly initialised, in train mode) for
-    ``in_channels`` (default: the architecture's) and ``num_classes`` (default: the
-    architecture's fixed count, else 10). ``kwargs``: the architecture's options, and for
-    every architecture :data:`~luring.models.adapt.ADAPT_KEYS` (``input_mean``,
-    ``input_std``, ``output_key``), which wrap the model in
-    :class:`~luring.models.adapt.Adapted`."""
-    spec = arch_spec(name)
-    own, rest = split_adapt_kwargs(kwargs)
-    c = in_channels if in_channels is not None else (spec.input_shape[0] or None)
-    k = num_classes if num_classes is not None else (spec.num_classes or 10)
-    return adapt(spec.make(c, k, **rest), **own)
 
 
 def default_architectures(family: str, shape: Sequence[int] | None = None) -> tuple[str, str]:

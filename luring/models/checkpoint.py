@@ -21,7 +21,8 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from luring.errors import LuringError
-from luring.models.architectures import arch_spec, build
+from luring.models import scripted, user
+from luring.models.lookup import arch_spec, build
 from luring.utils import atomic_write_bytes, atomic_write_json, read_json, versions
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_state_dict_file", "load_weights_into",
@@ -41,8 +42,6 @@ def save_checkpoint(model: nn.Module, directory: str | os.PathLike, name: str = 
     architecture (:mod:`luring.models.user`) adds ``"factory"`` to the sidecar (how a fresh
     process rebuilds it); ``torchscript`` also writes ``NAME.pt``, the TorchScript file
     (:func:`luring.models.scripted.write_source`)."""
-    from luring.models import scripted, user
-
     d = Path(directory)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if classes is None and num_classes is not None:
@@ -139,11 +138,9 @@ def load_checkpoint(directory: str | os.PathLike, name: str = "model", *,
     ``(model.eval(), sidecar)``. A user's architecture is made buildable first
     (:func:`luring.models.user.prepare_checkpoint`: its module imported, or ``NAME.pt``
     read and checked)."""
-    from luring.models.user import prepare_checkpoint
-
     d = Path(directory)
     meta = read_sidecar(d, name)
-    spec = arch_spec(prepare_checkpoint(meta, d, name))
+    spec = arch_spec(user.prepare_checkpoint(meta, d, name))
     shape = meta.get("input_shape") or list(spec.input_shape)
     num_classes = int(meta.get("num_classes") or 10)
     model = build(spec.name, in_channels=int(shape[0]), num_classes=num_classes,

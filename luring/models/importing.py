@@ -20,8 +20,9 @@ from torch.utils.data import Subset
 
 from luring.errors import LuringError
 from luring.models.adapt import adapt, check_logits, split_adapt_kwargs
-from luring.models.architectures import arch_spec, build, default_architectures
+from luring.models.architectures import default_architectures
 from luring.models.checkpoint import load_state_dict_file, load_weights_into, save_checkpoint
+from luring.models.lookup import arch_spec, build
 from luring.models.scripted import TORCHSCRIPT, is_torchscript_file, read_scripted
 from luring.utils import (
     atomic_write_json,

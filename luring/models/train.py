@@ -26,8 +26,9 @@ from torch import nn
 from luring import distributed
 from luring import precision as prec
 from luring.errors import LuringError
-from luring.models.architectures import build, default_architectures
+from luring.models.architectures import default_architectures
 from luring.models.augment import random_affine
+from luring.models.lookup import build
 from luring.models.predict import predict_labels
 from luring.utils import (
     atomic_write_json,

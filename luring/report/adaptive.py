@@ -6,21 +6,23 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from luring.report.tables import (
+from luring.report.cells import (
     DASH,
     NAMES,
-    _ci,
-    _mop_cell,
-    _ns,
     approaches_in,
     attack_failed,
+    cells_by_eps,
+    ci_of,
     eps_values,
     failure_note,
     find_row,
     fmt,
-    fmt_std,
     md_table,
+    mop_cell,
+    ns_text,
+    present_rows,
     rows_of,
+    std_cells,
 )
 
 __all__ = ["adaptive_table", "diagnostics_table", "operating_point_table", "ADAPTIVE_ATTACKS",
@@ -55,27 +57,20 @@ def adaptive_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
         if not rows:
             continue
         apps = approaches_in(rows)
-        for e in eps_values(rows):
-            for a in apps:
-                r = find_row(rows, a, e)
-                if r is None:
-                    continue
-                setting = r.get("setting")
-                csv_rows.append([attack, r.get("eps"), a, r.get("n"),
-                                 *[r.get(k) for k in _KEYS],
-                                 *[v for k in _KEYS for v in _ci(r, k)],
-                                 json.dumps(setting, sort_keys=True) if setting else None,
-                                 r.get("queries"), attack_failed(r)])
+        for _, a, r in present_rows(rows, apps):
+            setting = r.get("setting")
+            csv_rows.append([attack, r.get("eps"), a, r.get("n"),
+                             *[r.get(k) for k in _KEYS],
+                             *[v for k in _KEYS for v in ci_of(r, k)],
+                             json.dumps(setting, sort_keys=True) if setting else None,
+                             r.get("queries"), attack_failed(r)])
         mh = ["ε", "n"] + [f"{NAMES.get(a, a)} {m}" for a in apps
                            for m in ("AC_MoP", "AC_M", "DAC", "AC_M|fooled")]
         md_rows = []
-        for e in eps_values(rows):
-            cells = [find_row(rows, a, e) for a in apps]
-            line = [fmt(e), _ns(cells)]
+        for e, cells in cells_by_eps(rows, apps):
+            line = [fmt(e), ns_text(cells)]
             for c in cells:
-                std = (c or {}).get("std") or {}
-                line += [_mop_cell(c)] + [fmt_std((c or {}).get(k), std.get(k))
-                                          for k in _KEYS[1:]]
+                line += [mop_cell(c), *std_cells(c, _KEYS[1:])]
             md_rows.append(line)
         q = sorted({r.get("queries") for r in rows if r.get("queries") is not None})
         extra = f" Queries to T per substitute: {', '.join(map(str, q))}." if q else ""
@@ -203,9 +198,8 @@ def operating_point_table(results: dict) -> str:
     order = ("spsa", "eco", "mim-w", "adaptive-w")
     for attack in [a for a in order if any(r.get("attack") == a for r in rows)]:
         sub = [r for r in rows if r.get("attack") == attack]
-        for e in eps_values(sub):
-            cells = [find_row(sub, a, e) for a in apps]
-            line = [_NAMES.get(attack, attack), fmt(e), _ns(cells)]
+        for e, cells in cells_by_eps(sub, apps):
+            line = [_NAMES.get(attack, attack), fmt(e), ns_text(cells)]
             for c in cells:
                 c = c or {}
                 line += [f"{fmt(c.get('dac'))} / {fmt(c.get('dac_op'))}",

@@ -9,15 +9,16 @@ import json
 from typing import Any
 
 from luring.report import paper_numbers as paper
-from luring.report.tables import (
+from luring.report.cells import (
     DASH,
-    _ci,
-    _ekey,
-    _per_seed,
-    _with_ci,
+    ci_of,
+    eps_key,
     eps_values,
     fmt,
     md_table,
+    ns_text,
+    per_seed_json,
+    with_ci,
 )
 
 __all__ = ["advtrain_clean_table", "advtrain_attack_table", "trapdoor_table", "extra_sections",
@@ -41,18 +42,13 @@ def _rows(part: dict, key: str) -> list[dict]:
 def _pick(rows: list[dict], approach: str, attack: str, eps: float | None) -> dict | None:
     for r in rows:
         if r.get("approach") == approach and r.get("attack") == attack and \
-                _ekey(r.get("eps")) == eps:
+                eps_key(r.get("eps")) == eps:
             return r
     return None
 
 
 def _cell(row: dict | None, key: str) -> str:
-    return DASH if row is None else _with_ci(row.get(key), _ci(row, key))
-
-
-def _n(*rows: dict | None) -> str:
-    ns = list(dict.fromkeys(r.get("n") for r in rows if r and r.get("n") is not None))
-    return "/".join(str(n) for n in ns) if ns else DASH
+    return DASH if row is None else with_ci(row.get(key), ci_of(row, key))
 
 
 def advtrain_clean_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
@@ -69,9 +65,9 @@ def advtrain_clean_table(results: dict) -> tuple[list[str], list[list[Any]], str
     for m in [k for k in _ORDER if k in rows]:
         r, std = rows[m], rows[m].get("std") or {}
         pa, pg = p18.get(m, (None, None))
-        csv_rows.append([m, r.get("n"), r.get("accuracy"), *_ci(r, "accuracy"),
-                         std.get("accuracy"), r.get("agreement"), *_ci(r, "agreement"),
-                         std.get("agreement"), pa, pg, _per_seed(r)])
+        csv_rows.append([m, r.get("n"), r.get("accuracy"), *ci_of(r, "accuracy"),
+                         std.get("accuracy"), r.get("agreement"), *ci_of(r, "agreement"),
+                         std.get("agreement"), pa, pg, per_seed_json(r)])
         md_rows.append([MODEL_NAMES[m], r.get("n", DASH) or DASH, _cell(r, "accuracy"),
                         _cell(r, "agreement") if r.get("agreement") is not None else DASH]
                        + ([fmt(pa), fmt(pg)] if p18 else []))
@@ -98,16 +94,16 @@ def advtrain_attack_table(results: dict) -> tuple[list[str], list[list[Any]], st
         std = r.get("std") or {}
         a = str(r.get("approach"))
         pc = p19.get(a if a.endswith("-luring") else f"{a}-luring") \
-            if _ekey(p19.get("eps")) == _ekey(r.get("eps")) else None
+            if eps_key(p19.get("eps")) == eps_key(r.get("eps")) else None
         # the paper's AC_M,wb beside our white-box rows, its AC_M and DAC beside MIM-W's
         wb_ = pc[0] if pc and r.get("attack") == "whitebox" else None
         ac_, dac_ = (pc[1], pc[2]) if pc and r.get("attack") == "mim-w" else (None, None)
         setting = r.get("setting")
         csv_rows.append([r.get("attack"), r.get("eps"), a, r.get("n"), r.get("ac_mop"),
-                         r.get("ac_m"), r.get("dac"), *_ci(r, "ac_mop"), *_ci(r, "ac_m"),
-                         *_ci(r, "dac"), std.get("ac_mop"), std.get("ac_m"), std.get("dac"),
+                         r.get("ac_m"), r.get("dac"), *ci_of(r, "ac_mop"), *ci_of(r, "ac_m"),
+                         *ci_of(r, "dac"), std.get("ac_mop"), std.get("ac_m"), std.get("dac"),
                          json.dumps(setting, sort_keys=True) if setting else None, wb_, ac_,
-                         dac_, _per_seed(r)])
+                         dac_, per_seed_json(r)])
     md_rows = []
     label = paper.paper_label(fam)
     for e in eps_values(rows):
@@ -120,11 +116,11 @@ def advtrain_attack_table(results: dict) -> tuple[list[str], list[list[Any]], st
             setting = (mw or {}).get("setting") or {}
             chosen = " ".join(str(v) for v in [setting.get("attack"), setting.get("p"),
                                                setting.get("kernel_size")] if v is not None)
-            md_rows.append([fmt(e), MODEL_NAMES[f"{m}-luring"], "ours", _n(wb, mw, ad),
+            md_rows.append([fmt(e), MODEL_NAMES[f"{m}-luring"], "ours", ns_text((wb, mw, ad)),
                             _cell(wb, "ac_m"), _cell(mw, "ac_mop"), _cell(mw, "ac_m"),
                             _cell(mw, "dac"), chosen or DASH, _cell(ad, "ac_m"),
                             _cell(ad, "dac")])
-            pc = p19.get(f"{m}-luring") if _ekey(p19.get("eps")) == e else None
+            pc = p19.get(f"{m}-luring") if eps_key(p19.get("eps")) == e else None
             if pc:
                 md_rows.append([fmt(e), MODEL_NAMES[f"{m}-luring"], label, "1000",
                                 fmt(pc[0], 2), DASH, fmt(pc[1], 3), fmt(pc[2], 3), DASH, DASH,
@@ -139,7 +135,7 @@ def trapdoor_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
     setting best for the adversary, and the per-example worst case), and the trapdoor
     detector's detection rate. Returns (CSV header, CSV rows, Markdown)."""
     fam = results.get("family") or ""
-    p20 = {_ekey(e): v for e, v in paper.TABLE20.get(fam, {}).items()}
+    p20 = {eps_key(e): v for e, v in paper.TABLE20.get(fam, {}).items()}
     rows = _rows(_part(results, "trapdoor"), "rows")
     header = ["attack", "eps", "approach", "n", "ac_mop", "ac_m", "dac", "detection_rate",
               "dac_rule", "ac_mop_ci_low", "ac_mop_ci_high", "ac_m_ci_low", "ac_m_ci_high",
@@ -150,17 +146,17 @@ def trapdoor_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
     csv_rows = []
     for r in rows:
         std = r.get("std") or {}
-        pc = p20.get(_ekey(r.get("eps")), {}).get(r.get("approach")) \
+        pc = p20.get(eps_key(r.get("eps")), {}).get(r.get("approach")) \
             if r.get("attack") == "best" else None
         setting, rule = r.get("setting"), r.get("rule_setting")
         csv_rows.append([r.get("attack"), r.get("eps"), r.get("approach"), r.get("n"),
                          r.get("ac_mop"), r.get("ac_m"), r.get("dac"), r.get("detection_rate"),
-                         r.get("dac_rule"), *_ci(r, "ac_mop"), *_ci(r, "ac_m"), *_ci(r, "dac"),
-                         *_ci(r, "detection_rate"), *_ci(r, "dac_rule"), std.get("ac_mop"),
-                         std.get("ac_m"), std.get("dac"),
+                         r.get("dac_rule"), *ci_of(r, "ac_mop"), *ci_of(r, "ac_m"),
+                         *ci_of(r, "dac"), *ci_of(r, "detection_rate"), *ci_of(r, "dac_rule"),
+                         std.get("ac_mop"), std.get("ac_m"), std.get("dac"),
                          json.dumps(setting, sort_keys=True) if setting else None,
                          json.dumps(rule, sort_keys=True) if rule else None,
-                         *(pc or (None, None, None)), _per_seed(r)])
+                         *(pc or (None, None, None)), per_seed_json(r)])
     md_rows = []
     label = paper.paper_label(fam)
     ours = eps_values(rows)
@@ -170,7 +166,7 @@ def trapdoor_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
                                  ("worst-case", "ours (per-example worst case)")):
                 tr, lu = _pick(rows, "trapdoor", attack, e), _pick(rows, "luring", attack, e)
                 if tr or lu:
-                    md_rows.append([fmt(e), name, _n(tr, lu), _cell(tr, "ac_mop"),
+                    md_rows.append([fmt(e), name, ns_text((tr, lu)), _cell(tr, "ac_mop"),
                                     _cell(tr, "ac_m"), _cell(tr, "dac"),
                                     _cell(tr, "detection_rate") if tr and tr.get(
                                         "detection_rate") is not None else DASH,
@@ -201,8 +197,8 @@ def _trapdoor_clean(part: dict) -> str:
 
     def ci(key: str) -> str:
         v = iv.get(key)
-        return _with_ci(c.get(key), tuple(v) if isinstance(v, (list, tuple)) and len(v) == 2
-                        else (None, None))
+        return with_ci(c.get(key), tuple(v) if isinstance(v, (list, tuple)) and len(v) == 2
+                       else (None, None))
 
     return (f"Trapdoored model on the test split (n = {c.get('n', DASH)}): accuracy "
             f"{ci('accuracy')}, clean false alarms {ci('false_alarm_rate')} (held-out "
@@ -266,13 +262,13 @@ def extra_summary(results: dict) -> str:
             parts.append(f"{MODEL_NAMES[m + '-luring']} AC_M,wb {fmt((wb or {}).get('ac_m'))}, "
                          f"MIM-W AC_M {fmt((mw or {}).get('ac_m'))} DAC "
                          f"{fmt((mw or {}).get('dac'))}")
-        n = _n(*[r for r in rows if _ekey(r.get("eps")) == e])
+        n = ns_text(r for r in rows if eps_key(r.get("eps")) == e)
         lines.append(f"advtrain (table 19), ε={fmt(e)}, n={n}: " + "; ".join(parts))
     rows = _rows(_part(results, "trapdoor"), "rows")
     for e in eps_values(rows):
         tr, lu = _pick(rows, "trapdoor", "best", e), _pick(rows, "luring", "best", e)
         cells = [" / ".join(fmt((r or {}).get(k)) for k in ("ac_mop", "ac_m", "dac"))
                  for r in (tr, lu)]
-        lines.append(f"trapdoor (table 20), ε={fmt(e)}, n={_n(tr, lu)}: AC_MoP / AC_M / DAC "
-                     f"Trapdoor {cells[0]}, Luring {cells[1]}")
+        lines.append(f"trapdoor (table 20), ε={fmt(e)}, n={ns_text((tr, lu))}: AC_MoP / AC_M / "
+                     f"DAC Trapdoor {cells[0]}, Luring {cells[1]}")
     return "\n".join(lines) + ("\n" if lines else "")

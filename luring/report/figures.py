@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from luring.report.tables import (
+from luring.report.cells import (
     APPROACHES,
     NAMES,
     approaches_in,

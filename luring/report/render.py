@@ -21,24 +21,26 @@ from luring.report.adaptive import (
     diagnostics_table,
     operating_point_table,
 )
-from luring.report.extra import extra_sections, extra_summary
-from luring.report.tables import (
+from luring.report.cells import (
     DASH,
     NAMES,
     approaches_in,
     as_float,
     attacks_in,
-    characterize_table,
-    clean_table,
     csv_text,
-    defend_table,
-    distortion_table,
     eps_values,
     find_row,
     fmt,
-    logits_table,
     md_table,
     rows_of,
+)
+from luring.report.extra import extra_sections, extra_summary
+from luring.report.tables import (
+    characterize_table,
+    clean_table,
+    defend_table,
+    distortion_table,
+    logits_table,
 )
 from luring.report.verdict import paired_verdict_text, tradeoff_section, verdict_section
 from luring.utils import atomic_write_bytes, atomic_write_text, ensure_dir, to_jsonable

@@ -1,196 +1,46 @@
-"""Tables of the report, built from a results dict: plain rows for CSV, Markdown for report.md.
+"""Tables of the report, built from a results dict: plain rows for CSV, Markdown for report.md
+(tables 8, 1/14, 9 and 10, figure 2's data).
 
 Every number of ours comes from the results dict as written by the experiments stage; nothing
 is recomputed here. Paper numbers come from :mod:`luring.report.paper_numbers` and are always
-labelled as the paper's. Missing parts give no rows; null fields print as ``—``.
+labelled as the paper's. Missing parts give no rows; null fields print as ``—``. The names,
+formats and cells every table shares are in :mod:`luring.report.cells`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 from luring.report import paper_numbers as paper
+from luring.report.cells import (
+    APPROACHES,
+    DASH,
+    NAMES,
+    approaches_in,
+    attack_failed,
+    attacks_in,
+    cells_by_eps,
+    ci_of,
+    eps_key,
+    eps_values,
+    failure_note,
+    find_row,
+    fmt,
+    fmt_std,
+    md_table,
+    mop_cell,
+    ns_text,
+    ordered,
+    per_seed_json,
+    present_rows,
+    rows_of,
+    std_cells,
+    with_ci,
+)
 
-__all__ = [
-    "APPROACHES",
-    "ATTACK_ORDER",
-    "ATTACK_FAILED_AC_MOP",
-    "FAILED_MARK",
-    "attack_failed",
-    "failure_note",
-    "NAMES",
-    "DASH",
-    "as_float",
-    "fmt",
-    "fmt_std",
-    "md_table",
-    "csv_text",
-    "rows_of",
-    "approaches_in",
-    "attacks_in",
-    "eps_values",
-    "find_row",
-    "clean_table",
-    "defend_table",
-    "characterize_table",
-    "distortion_table",
-    "logits_table",
-]
-
-#: Column order of the approaches (the paper's: Stack, Auto, C_E, Luring).
-APPROACHES = ("stack", "auto", "ce", "luring")
-#: Row order of the attacks (figure 2, then tables 1/14, then the worst case).
-ATTACK_ORDER = ("fgsm", "pgd", "mim", "mim-l2", "spsa", "eco", "mim-w", "worst-case")
-#: Display names, as the paper writes them.
-NAMES = {"target": "Target (M)", "stack": "Stack", "auto": "Auto", "ce": "C_E",
-         "luring": "Luring", "luring-neutral": "Luring (neutral)", "fgsm": "FGSM", "pgd": "PGD",
-         "mim": "MIM", "mim-l2": "MIM-L2",
-         "spsa": "SPSA", "eco": "ECO", "mim-w": "MIM-W", "worst-case": "worst case"}
-DASH = "—"
-#: AC_MoP above which an attack is said to have failed on T: the same limit as
-#: ``luring.experiments.diagnostics.ATTACK_FAILED_AC_MOP`` (results written without it).
-ATTACK_FAILED_AC_MOP = 0.1
-#: The mark of a cell whose attack failed on T.
-FAILED_MARK = "†"
-
-
-def as_float(v: Any) -> float | None:
-    """``v`` as a finite float, or None (null, NaN, non-numbers)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-def fmt(v: Any, nd: int = 3) -> str:
-    """A number with ``nd`` decimals; ``—`` for null / missing."""
-    x = as_float(v)
-    return DASH if x is None else f"{x:.{nd}f}"
-
-
-def fmt_std(v: Any, std: Any = None, nd: int = 3) -> str:
-    """``0.930 ± 0.012`` when a std over seeds is given, else :func:`fmt`."""
-    s = as_float(std)
-    return fmt(v, nd) if s is None or as_float(v) is None else f"{fmt(v, nd)} ± {s:.{nd}f}"
-
-
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A GitHub Markdown table."""
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
-             "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """CSV text with full-precision numbers; None becomes an empty field."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for r in rows:
-        w.writerow(["" if v is None else v for v in r])
-    return buf.getvalue()
-
-
-def _ordered(items: Iterable[str], order: Sequence[str]) -> list[str]:
-    items = list(dict.fromkeys(i for i in items if i is not None))
-    known = [o for o in order if o in items]
-    return known + sorted(i for i in items if i not in order)
-
-
-def rows_of(results: dict, experiment: str, attack: str | None = None) -> list[dict]:
-    """The result rows of one experiment (``defend`` / ``characterize``), optionally of one
-    attack; malformed entries are skipped."""
-    out = []
-    for r in results.get("rows") or []:
-        if isinstance(r, dict) and r.get("experiment") == experiment and (
-                attack is None or r.get("attack") == attack):
-            out.append(r)
-    return out
-
-
-def approaches_in(rows: Iterable[dict]) -> list[str]:
-    """Approaches present, in the paper's column order."""
-    return _ordered((r.get("approach") for r in rows), APPROACHES)
-
-
-def attacks_in(rows: Iterable[dict]) -> list[str]:
-    """Attacks present, in :data:`ATTACK_ORDER`."""
-    return _ordered((r.get("attack") for r in rows), ATTACK_ORDER)
-
-
-def _ekey(e: Any) -> float | None:
-    x = as_float(e)
-    return None if x is None else round(x, 6)
-
-
-def eps_values(rows: Iterable[dict]) -> list[float | None]:
-    """Sorted distinct ε of ``rows`` (rounded to 6 decimals; None last)."""
-    keys = {_ekey(r.get("eps")) for r in rows}
-    return sorted(k for k in keys if k is not None) + ([None] if None in keys else [])
-
-
-def find_row(rows: Iterable[dict], approach: str, eps: float | None) -> dict | None:
-    """The row of ``approach`` at ``eps`` (first one if duplicated)."""
-    for r in rows:
-        if r.get("approach") == approach and _ekey(r.get("eps")) == eps:
-            return r
-    return None
-
-
-def _ci(row: dict, key: str) -> tuple[Any, Any]:
-    ci = (row.get("ci") or {}).get(key)
-    return (ci[0], ci[1]) if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
-
-
-def _with_ci(v: Any, ci: tuple[Any, Any]) -> str:
-    """``0.056 [0.043, 0.072]``, or the plain value without an interval."""
-    if as_float(v) is None:
-        return DASH
-    return fmt(v) if as_float(ci[0]) is None else f"{fmt(v)} [{fmt(ci[0])}, {fmt(ci[1])}]"
-
-
-def _ns(rows: Iterable[dict | None]) -> str:
-    ns = list(dict.fromkeys(r.get("n") for r in rows if r and r.get("n") is not None))
-    return "/".join(str(n) for n in ns) if ns else DASH
-
-
-def attack_failed(row: dict | None, limit: float = ATTACK_FAILED_AC_MOP) -> bool:
-    """Did the attack of this row fail on T (its AC_MoP above ``limit``)?"""
-    v = as_float((row or {}).get("ac_mop"))
-    return v is not None and v > limit
-
-
-def failure_note(cells: Iterable[dict | None]) -> str:
-    """The footnote of the :data:`FAILED_MARK` cells among ``cells`` (result rows), naming
-    each with its AC_MoP; empty when none is marked."""
-    marked = sorted((c for c in cells if attack_failed(c)),
-                    key=lambda c: (as_float(c.get("eps")) or 0.0,
-                                   APPROACHES.index(c.get("approach"))
-                                   if c.get("approach") in APPROACHES else 99))
-    if not marked:
-        return ""
-    where = "; ".join(f"{NAMES.get(c.get('approach'), c.get('approach'))} at ε = "
-                      f"{fmt(c.get('eps'))}: {100 * float(c['ac_mop']):.1f}%" for c in marked)
-    return (f"{FAILED_MARK} The attack left T right on more than "
-            f"{100 * ATTACK_FAILED_AC_MOP:g}% of the images ({where}): AC_M there measures "
-            "attack failure, not luring; the paired verdict's counts leave these cells out.")
-
-
-def _mop_cell(row: dict | None) -> str:
-    """AC_MoP of ``row`` (± std), with :data:`FAILED_MARK` when the attack failed on T."""
-    std = (row or {}).get("std") or {}
-    text = fmt_std((row or {}).get("ac_mop"), std.get("ac_mop"))
-    return text + FAILED_MARK if attack_failed(row) else text
+__all__ = ["clean_table", "defend_table", "characterize_table", "distortion_table",
+           "logits_table"]
 
 
 # ------------------------------------------------------------------------------- table 8
@@ -200,7 +50,7 @@ def clean_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
     clean = results.get("clean") or {}
     fam = results.get("family") or ""
     p8 = paper.TABLE8.get(fam, {})
-    models = _ordered([m for m in clean if isinstance(clean[m], dict)], ("target",) + APPROACHES)
+    models = ordered([m for m in clean if isinstance(clean[m], dict)], ("target",) + APPROACHES)
     header = ["model", "accuracy", "accuracy_std", "agreement", "agreement_std",
               "false_alarm_rate", "n", "paper_accuracy", "paper_agreement",
               "false_alarm_ci_low", "false_alarm_ci_high", "detector_rule",
@@ -211,15 +61,15 @@ def clean_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
         c = clean[m]
         pa, pg = p8.get(m, (None, None))
         det = c.get("detector") or {}
-        fa_ci, det_ci = _ci(c, "false_alarm_rate"), _ci(c, "detector_false_alarm_rate")
+        fa_ci, det_ci = ci_of(c, "false_alarm_rate"), ci_of(c, "detector_false_alarm_rate")
         rows.append([m, c.get("accuracy"), c.get("accuracy_std"), c.get("agreement"),
                      c.get("agreement_std"), c.get("false_alarm_rate"), c.get("n"), pa, pg,
                      *fa_ci, det.get("rule"), det.get("target_fpr"),
                      c.get("detector_false_alarm_rate"), *det_ci])
         md_rows.append([NAMES.get(m, m), fmt_std(c.get("accuracy"), c.get("accuracy_std")),
                         fmt_std(c.get("agreement"), c.get("agreement_std")),
-                        _with_ci(c.get("false_alarm_rate"), fa_ci),
-                        _with_ci(c.get("detector_false_alarm_rate"), det_ci)
+                        with_ci(c.get("false_alarm_rate"), fa_ci),
+                        with_ci(c.get("detector_false_alarm_rate"), det_ci)
                         + (f" ({det.get('rule')}, target {fmt(det.get('target_fpr'), 2)}"
                            + (f" at confidence {fmt(det.get('confidence'), 2)}"
                               if det.get("confidence") is not None else "") + ")"
@@ -240,17 +90,6 @@ def _paper_defend(fam: str, attack: str) -> dict[float, dict[str, tuple]]:
     return {round(e, 6): v for e, v in paper.DEFEND.get(fam, {}).get(attack, {}).items()}
 
 
-def _per_seed(row: dict) -> str | None:
-    """The per-seed values and n of a row as compact JSON (None with one seed)."""
-    per = row.get("per_seed")
-    if not per:
-        return None
-    out = {k: [v.get("value") for v in vals] for k, vals in per.items()}
-    out["seed"] = [v.get("seed") for v in next(iter(per.values()))]
-    out["n"] = [v.get("n") for v in next(iter(per.values()))]
-    return json.dumps(out, sort_keys=True)
-
-
 def defend_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
     """Tables 1/14 layout: per attack, rows ε (ours, then the paper's where it has them),
     columns AC_MoP / AC_M / DAC per approach. Returns (CSV header, CSV rows, Markdown)."""
@@ -267,20 +106,20 @@ def defend_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
     for attack in attacks_in(all_rows):
         rows = [r for r in all_rows if r.get("attack") == attack]
         pap = _paper_defend(fam, attack)
-        apps = _ordered(approaches_in(rows) + [a for v in pap.values() for a in v], APPROACHES)
-        for r in sorted(rows, key=lambda r: (_ekey(r.get("eps")) or 0.0,
+        apps = ordered(approaches_in(rows) + [a for v in pap.values() for a in v], APPROACHES)
+        for r in sorted(rows, key=lambda r: (eps_key(r.get("eps")) or 0.0,
                                              apps.index(r.get("approach"))
                                              if r.get("approach") in apps else 99)):
             std = r.get("std") or {}
-            pc = pap.get(_ekey(r.get("eps")), {}).get(r.get("approach"), (None, None, None))
+            pc = pap.get(eps_key(r.get("eps")), {}).get(r.get("approach"), (None, None, None))
             setting = r.get("setting")
             csv_rows.append([attack, r.get("eps"), r.get("approach"), r.get("n"),
                              r.get("ac_mop"), r.get("ac_m"), r.get("dac"),
-                             *_ci(r, "ac_mop"), *_ci(r, "ac_m"), *_ci(r, "dac"),
+                             *ci_of(r, "ac_mop"), *ci_of(r, "ac_m"), *ci_of(r, "dac"),
                              std.get("ac_mop"), std.get("ac_m"), std.get("dac"),
                              json.dumps(setting, sort_keys=True) if setting else None, *pc,
-                             _per_seed(r), r.get("detection_rate"), r.get("dac_op"),
-                             *_ci(r, "dac_op"), r.get("auroc"), attack_failed(r)])
+                             per_seed_json(r), r.get("detection_rate"), r.get("dac_op"),
+                             *ci_of(r, "dac_op"), r.get("auroc"), attack_failed(r)])
         mh = ["ε", "source", "n"] + [f"{NAMES.get(a, a)} {m}" for a in apps
                                      for m in ("AC_MoP", "AC_M", "DAC")]
         md_rows = []
@@ -288,11 +127,9 @@ def defend_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
         for e in sorted(set(ours_eps) | set(pap), key=lambda v: (v is None, v or 0.0)):
             if e in ours_eps:
                 cells = [find_row(rows, a, e) for a in apps]
-                line = [fmt(e, 3), "ours", _ns(cells)]
+                line = [fmt(e, 3), "ours", ns_text(cells)]
                 for c in cells:
-                    std = (c or {}).get("std") or {}
-                    line += [_mop_cell(c)] + [fmt_std((c or {}).get(k), std.get(k))
-                                              for k in ("ac_m", "dac")]
+                    line += [mop_cell(c), *std_cells(c, ("ac_m", "dac"))]
                 md_rows.append(line)
             if e in pap:
                 line = [fmt(e, 3), label, "1000"]
@@ -318,24 +155,16 @@ def characterize_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
     for attack in attacks_in(all_rows):
         rows = [r for r in all_rows if r.get("attack") == attack]
         apps = approaches_in(rows)
-        for e in eps_values(rows):
-            for a in apps:
-                r = find_row(rows, a, e)
-                if r is None:
-                    continue
-                std = r.get("std") or {}
-                csv_rows.append([attack, r.get("eps"), a, r.get("n"), r.get("dr"), r.get("iar"),
-                                 *_ci(r, "dr"), *_ci(r, "iar"), std.get("dr"), std.get("iar"),
-                                 r.get("ac_mop"), r.get("ac_m"), r.get("dac"), _per_seed(r)])
+        for _, a, r in present_rows(rows, apps):
+            std = r.get("std") or {}
+            csv_rows.append([attack, r.get("eps"), a, r.get("n"), r.get("dr"), r.get("iar"),
+                             *ci_of(r, "dr"), *ci_of(r, "iar"), std.get("dr"), std.get("iar"),
+                             r.get("ac_mop"), r.get("ac_m"), r.get("dac"), per_seed_json(r)])
         mh = ["ε", "n"] + [f"{NAMES.get(a, a)} {m}" for a in apps for m in ("DR", "IAR")]
         md_rows = []
-        for e in eps_values(rows):
-            cells = [find_row(rows, a, e) for a in apps]
-            line = [fmt(e, 3), _ns(cells)]
-            for c in cells:
-                std = (c or {}).get("std") or {}
-                line += [fmt_std((c or {}).get(k), std.get(k)) for k in ("dr", "iar")]
-            md_rows.append(line)
+        for e, cells in cells_by_eps(rows, apps):
+            md_rows.append([fmt(e, 3), ns_text(cells),
+                            *[v for c in cells for v in std_cells(c, ("dr", "iar"))]])
         md.append(f"**{NAMES.get(attack, attack)}**\n\n" + md_table(mh, md_rows))
     return header, csv_rows, "\n".join(md)
 
@@ -347,7 +176,7 @@ def distortion_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
     fam = results.get("family") or ""
     p9 = paper.TABLE9.get(fam, {})
     entries = [d for d in results.get("distortion") or [] if isinstance(d, dict)]
-    order = _ordered([d.get("model") for d in entries], ("target",) + APPROACHES)
+    order = ordered([d.get("model") for d in entries], ("target",) + APPROACHES)
     entries.sort(key=lambda d: order.index(d.get("model")) if d.get("model") in order else 99)
     header = ["model", "n", "success_rate", "mean_l2", "mean_linf", "mean_l0",
               "paper_mean_l2", "paper_mean_linf"]
@@ -377,7 +206,7 @@ def logits_table(results: dict) -> tuple[list[str], list[list[Any]], str]:
     n = logits.get("n")
     fam = results.get("family") or ""
     p10 = paper.TABLE10.get(fam)
-    versus = _ordered([v for v in rates if isinstance(rates[v], dict)], APPROACHES + ("all",))
+    versus = ordered([v for v in rates if isinstance(rates[v], dict)], APPROACHES + ("all",))
     classes = sorted({c for v in versus for c in rates[v]},
                      key=lambda c: (0, int(c)) if str(c).isdigit() else (1, str(c)))
     header = ["versus", "class", "rate", "n", "paper_rate"]

@@ -6,7 +6,7 @@ images (``results["verdict"][i]["comparisons"]``, see
 test and Newcombe's 95% interval of the difference. Each comparison reads "Luring higher than
 X (p = …)", "no significant difference from X (p = …)" or "Luring lower than X (p = …)"
 (p < 0.05, two-sided). A comparison where the attack failed on T (AC_MoP above
-:data:`~luring.report.tables.ATTACK_FAILED_AC_MOP` for Luring or for X) is shown but left out
+:data:`~luring.report.cells.ATTACK_FAILED_AC_MOP` for Luring or for X) is shown but left out
 of the counts. Results written before these fields held only the comparison with the best
 other approach on DAC: that one is stated and counted the same way.
 """
@@ -18,17 +18,17 @@ from typing import Any
 
 from luring.report import figures
 from luring.report.adaptive import ATTACK_NAMES
-from luring.report.tables import (
+from luring.report.cells import (
     ATTACK_FAILED_AC_MOP,
     ATTACK_ORDER,
     DASH,
     NAMES,
-    _ekey,
-    _ordered,
     approaches_in,
     as_float,
+    eps_key,
     fmt,
     md_table,
+    ordered,
 )
 
 __all__ = ["ALPHA", "DIRECTIONS", "comparisons", "statement", "verdict_counts",
@@ -56,7 +56,7 @@ def _ac_mop_of_rows(results: dict, attack: Any, approach: Any, eps: Any) -> floa
     """AC_MoP of a result row (any experiment) of ``attack``, ``approach`` and ``eps``."""
     for r in results.get("rows") or []:
         if (isinstance(r, dict) and r.get("attack") == attack and r.get("approach") == approach
-                and _ekey(r.get("eps")) == _ekey(eps)):
+                and eps_key(r.get("eps")) == eps_key(eps)):
             return as_float(r.get("ac_mop"))
     return None
 
@@ -101,7 +101,7 @@ def comparisons(results: dict) -> list[dict[str, Any]]:
                 "luring_ac_mop": mops[0], "other_ac_mop": mops[1],
                 "excluded": bool(c["excluded"]) if "excluded" in c else failed,
                 "legacy": legacy})
-    order = _ordered([c["attack"] for c in out], _ORDER)
+    order = ordered([c["attack"] for c in out], _ORDER)
     apps = approaches_in({"approach": c["other"]} for c in out)
     return sorted(out, key=lambda c: (order.index(c["attack"]) if c["attack"] in order else 99,
                                       as_float(c["eps"]) or 0.0,

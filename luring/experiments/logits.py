@@ -1,10 +1,8 @@
-"""The paper's complementary analyses: CW-L2 distortion (table 9, figure 3 left), the logits
-analysis Ω_c (eq. 5, table 10) and the saliency maps ∇ₓP(x) (figure 3 right).
+"""The logits analysis Ω_c (eq. 5, table 10): how much each approach's T changes the
+gradients of M's logits, and how often luring's Ω_c is the highest.
 
-Each runs on test images correctly classified by M and every T (the first seed's models).
-Units: ``distortion/<model>``, ``logits/<approach>``, ``saliency/all``; each unit's identity
-(images, models, seed, parameters; see ``reproduce``) is stored with it, so a unit made for
-other images or models is recomputed, never reused.
+On test images correctly classified by M and every T (the first seed's models). Units:
+``logits/<approach>``; each unit's identity (images, models, seed, classes) is stored with it.
 """
 
 from __future__ import annotations
@@ -13,21 +11,16 @@ from typing import Any
 
 import torch
 
-from luring.experiments.common import make_attack, unit_seed
-from luring.experiments.store import RunDir
-from luring.metrics import (
-    component_saliency,
-    distortion_summary,
-    input_saliency,
-    logit_gradients,
-    omega,
-    omega_comparison,
-)
-from luring.models import predict_labels
+from luring.experiments.context import Result, RunContext
+from luring.metrics import logit_gradients, omega, omega_comparison
+from luring.models import predict_logits
 from luring.utils import progress
 
-__all__ = ["run_distortion", "run_logits", "run_saliency", "LOGIT_CLASSES", "logit_classes",
-           "logits_lines"]
+__all__ = ["SUMMARY", "run", "departures", "LOGIT_CLASSES", "logit_classes", "logits_lines"]
+
+#: The experiment in one line (the CLI's help).
+SUMMARY = "logits analysis Ω_c (table 10)"
+
 
 #: The logits analysis looks at every class of a model with at most this many (the paper's
 #: data sets have 10); beyond it (ImageNet's 1,000) at the LOGIT_CLASSES classes M scores
@@ -41,8 +34,6 @@ def logit_classes(target: torch.nn.Module, x: torch.Tensor) -> list[int] | None:
     None (all of them) when M has at most :data:`LOGIT_CLASSES` logits, else the
     :data:`LOGIT_CLASSES` classes with the highest mean logit of M over (the first 1,000 of)
     ``x`` (label-free; ties: lowest index first), in increasing class order."""
-    from luring.models import predict_logits
-
     if len(x) == 0 or predict_logits(target, x[:1]).shape[1] <= LOGIT_CLASSES:
         return None
     mean = predict_logits(target, x[:1000], batch_size=100).double().mean(0)
@@ -62,27 +53,7 @@ def logits_lines(logits: dict[str, Any]) -> list[str]:
             "every class)"]
 
 
-def run_distortion(run: RunDir, target: torch.nn.Module, defenses: dict[str, Any],
-                   x: torch.Tensor, y: torch.Tensor, settings: dict[str, Any],
-                   seed: int, ident: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """CW-L2 on M and on each T: table-9 rows ``{"model", "n", "n_success", "success_rate",
-    "mean_l2", "mean_linf", "mean_l0", "l0"}`` (means over successful examples)."""
-    cfg = settings["distortion"]
-    models = {"target": target} | {a: d.augmented for a, d in defenses.items()}
-    rows = []
-    for name, model in progress(list(models.items()), desc="distortion", unit="model"):
-        def craft(model=model, name=name):
-            attack = make_attack("cw-l2", model, 1.0, cfg, unit_seed(seed, "cw", name))
-            x_adv = attack(x, y)
-            return {"x_adv": x_adv, "success": predict_labels(model, x_adv) != y}, \
-                {"params": attack.params()}
-
-        data, _ = run.unit("distortion", name, craft, {"run": ident, "params": cfg})
-        rows.append({"model": name} | distortion_summary(data["x_adv"], x, data["success"]))
-    return rows
-
-
-def run_logits(run: RunDir, target: torch.nn.Module, defenses: dict[str, Any],
+def run_logits(run: Any, target: torch.nn.Module, defenses: dict[str, Any],
                x: torch.Tensor, settings: dict[str, Any],
                ident: dict[str, Any] | None = None) -> dict[str, Any]:
     """Ω_c per approach and class, and table 10: for each class, the share of examples where
@@ -112,14 +83,19 @@ def run_logits(run: RunDir, target: torch.nn.Module, defenses: dict[str, Any],
     return out
 
 
-def run_saliency(run: RunDir, target: torch.nn.Module, defenses: dict[str, Any],
-                 x: torch.Tensor, y: torch.Tensor,
-                 ident: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
-    """Figure 3 (right): the clean images, ∇ₓCE(M(x), y) and ∇ₓP(x) for each approach."""
-    def compute():
-        maps = {"image": x, "input_gradient": input_saliency(target, x, y)}
-        for name, d in defenses.items():
-            maps[f"component_{name}"] = component_saliency(d.component, x)
-        return maps, {}
 
-    return run.unit("saliency", "all", compute, {"run": ident})[0]
+
+def run(ctx: RunContext) -> Result:
+    """Section ``logits`` (:func:`run_logits` on the first seed's defenses) and, when it
+    looked at a subset of M's classes, its departure line."""
+    first = ctx.first()
+    if not first and not ctx.final:
+        return Result()
+    x, _, ident = ctx.images(ctx.settings["logits"]["n"], "logits")
+    out = run_logits(ctx.run, ctx.target, first, x, ctx.settings, ident)
+    return Result(sections={"logits": out}, departures=logits_lines(out))
+
+
+def departures(settings: dict[str, Any]) -> list[str]:
+    """None before it runs (the class subset, if any, is known once it has)."""
+    return []
