@@ -53,11 +53,13 @@ def read_defense(directory: str | os.PathLike, hint: str = "`luring train-defens
 def defense_method(directory: str | os.PathLike) -> str | None:
     """The method of the defense in ``directory`` (``luring``, ``ce``, ``auto``, ``stack`` or
     ``trapdoor``), or None when it has no ``defense.json`` (it is not meant as a defense
-    directory: e.g. a target directory, or a missing path). A ``defense.json`` that cannot be
-    read or is of another format is the one-line LuringError of :func:`read_defense`."""
+    directory: e.g. a target directory, or a missing path) or one that names no method. A
+    ``defense.json`` that cannot be read or is of another format is the one-line LuringError
+    of :func:`read_defense`."""
     if not (Path(directory) / META).is_file():
         return None
-    return str(read_defense(directory)[1].get("method"))
+    method = read_defense(directory)[1].get("method")
+    return None if method is None else str(method)
 
 
 def write_records(d: Path, meta: dict[str, Any], results: dict[str, Any],

@@ -101,7 +101,7 @@ def _models(ctx: RunContext, ts: Any) -> tuple[torch.nn.Module, dict[str, Any], 
                 (*ctx.train_split(), ctx.x_test, ctx.y_test)),
             marker="defense.json", announce=lambda s=s: ctx.log(
                 f"training the luring defense of the adversarially trained M (seed {s}) ..."))
-        d = load_defense(ddir, device=device)
+        d = load_defense(ddir, device=device, augmented=True)
         if fingerprint(d.target) != target_fp:
             raise LuringError(f"{ddir} holds a defense trained for another M; use another "
                               "--out, or --restart")

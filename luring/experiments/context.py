@@ -62,8 +62,9 @@ class RunContext:
     """One run's shared state (read-only for experiments).
 
     ``defenses``: ``{approach: {seed: Defense}}`` — under torchrun, in a process's first pass,
-    only its share (``final`` False: the experiment computes its units and returns an empty
-    :class:`Result`); in the final pass, every approach and seed. ``seeds``: the run's seeds,
+    only its share (``final`` False: the experiment computes its units; of what it returns
+    the run uses only ``outcomes``, which later experiments of the same pass may read); in
+    the final pass, every approach and seed. ``seeds``: the run's seeds,
     ``seed`` the first (the run seed). ``eligible`` (the test images every model classifies
     correctly, in the seeded order) and ``model_fps`` are computed once, over every model of
     the run, so that a unit's identity is the same in every pass."""

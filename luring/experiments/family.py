@@ -20,7 +20,7 @@ from luring.experiments.profiles import attack_steps, mimw_settings
 from luring.metrics import rate
 from luring.models import predict_logits
 
-__all__ = ["TRANSFER_ATTACKS", "PARTS", "adaptive_family", "transform_settings",
+__all__ = ["KEYS", "TRANSFER_ATTACKS", "PARTS", "adaptive_family", "transform_settings",
            "ensemble_settings", "searches", "family_unit", "booleans", "better", "breakdown"]
 
 KEYS = ("t_ok", "m_ok", "defended")

@@ -16,7 +16,8 @@ from luring.metrics import logit_gradients, omega, omega_comparison
 from luring.models import predict_logits
 from luring.utils import progress
 
-__all__ = ["SUMMARY", "run", "departures", "LOGIT_CLASSES", "logit_classes", "logits_lines"]
+__all__ = ["SUMMARY", "run", "departures", "run_logits", "LOGIT_CLASSES", "logit_classes",
+           "logits_lines"]
 
 #: The experiment in one line (the CLI's help).
 SUMMARY = "logits analysis Ω_c (table 10)"

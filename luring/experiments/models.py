@@ -67,7 +67,7 @@ def prepare_models(run: RunDir, dataset: str, settings: dict[str, Any], seeds: l
                     target, meta, tdir, d, a, spec, settings, s, device, (*train, *test)),
                 marker="defense.json",
                 announce=lambda a=approach, s=s: log(f"training the {a} defense (seed {s}) ..."))
-            defense = load_defense(ddir, device=device)
+            defense = load_defense(ddir, device=device, augmented=True)
             if fingerprint(defense.target) != target_fp:
                 raise LuringError(f"{ddir} holds a defense trained for another M (its copy of "
                                   "M differs from the run's); use another --out, or --restart")

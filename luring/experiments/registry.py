@@ -40,7 +40,7 @@ class Experiment:
 
     name: str
     module: ModuleType
-    default: bool = True
+    default: bool = False
 
     @property
     def summary(self) -> str:

@@ -1,4 +1,6 @@
-"""``reproduce``: train (or reuse) M and the four P, run every experiment, write the report.
+"""``reproduce``: train (or reuse) M and the four P, run every experiment, write results.json
+(and, through ``on_results``, the report: the CLI passes :func:`luring.report.render_report`;
+a Python caller who wants ``report.md``, the CSV tables and the figures passes it too).
 
 Layout of a run directory::
 
@@ -7,7 +9,7 @@ Layout of a run directory::
     results.json         every figure of the report, machine-readable (deterministic)
     timings.json         wall times (kept out of results.json so that reruns compare equal)
     table_*.csv          the report's tables
-    report.md, *.png     the human report and its figures
+    report.md, *.png     the human report and its figures (written by ``on_results``)
     models/target/       M (train-target layout)
     models/<approach>-s<seed>/   each defense (train-defense layout)
     units/<experiment>/  one file per finished unit (see store.py)
@@ -77,6 +79,9 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
     directory is still held (the CLI writes the report and figures there).
     """
     chosen = registry.names(default=True) if experiments is None else tuple(experiments)
+    if not chosen:
+        raise LuringError("no experiment chosen; name at least one of "
+                          f"{', '.join(registry.names())}")
     unknown = set(chosen) - set(registry.names())
     if unknown:
         raise LuringError(f"unknown experiment(s) {', '.join(sorted(unknown))}; choose from "
@@ -91,9 +96,9 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
                           "train one) and pass --target DIR")
     with distributed.process_group(device) as dev:
         started = time.perf_counter()
-        x_train, y_train = load(dataset, "train", data_dir)
+        train_split = list(load(dataset, "train", data_dir))  # dropped once the models exist
         x_test, y_test = load(dataset, "test", data_dir)
-        fps = {"train": fingerprint(x_train, y_train), "test": fingerprint(x_test, y_test)}
+        fps = {"train": fingerprint(*train_split), "test": fingerprint(x_test, y_test)}
         user_target = None
         if target_dir:
             user_target = fingerprint(load_checkpoint(target_dir, "model", device="cpu")[0])
@@ -108,7 +113,7 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
                    device=dev, data_dir=data_dir, target_dir=target_dir, fps=fps,
                    identity=identity, log=log, started=started, on_results=on_results)
         with prec.using(p):  # every model and attack of the run computes in p
-            return job.run(Path(out), restart, [x_train, y_train], (x_test, y_test))
+            return job.run(Path(out), restart, train_split, (x_test, y_test))
 
 
 def run_precision(precision: str | None, out: Path | None, dev: torch.device,
@@ -242,6 +247,11 @@ class _Job:
                 continue
             res = exp.run(ctx.with_outcomes(outcomes))
             results["rows"] += res.rows
+            clash = set(res.sections) & (set(results) | {"rows", "roc", "verdict"})
+            if clash:
+                raise LuringError(f"experiment {exp.name} returned section(s) "
+                                  f"{', '.join(sorted(clash))}, which the run's results "
+                                  "already hold; name its sections after the experiment")
             results |= res.sections
             outcomes |= res.outcomes
             for attack, per_eps in res.roc.items():

@@ -8,7 +8,7 @@ from typing import Any
 from luring.experiments.context import Result, RunContext
 from luring.metrics import component_saliency, input_saliency
 
-__all__ = ["SUMMARY", "run", "departures"]
+__all__ = ["SUMMARY", "run", "departures", "SHARDED"]
 
 #: The experiment in one line (the CLI's help).
 SUMMARY = "saliency maps ∇ₓP(x) (figure 3 right)"
