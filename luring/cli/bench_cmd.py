@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "1 is steadier on a machine shared with other jobs)")
     p.add_argument("--demo", action="store_true",
                    help="also run `luring demo` in a child process and record its wall time "
-                   "and peak memory (about 10 more minutes)")
+                   "and peak memory (about 5 more minutes on a 2-core CPU with bf16)")
     add_common(p, out_help="JSON file to write the results to")
     p.set_defaults(handler=run)
 
