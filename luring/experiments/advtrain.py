@@ -35,7 +35,7 @@ from luring.attacks import PGD
 from luring.data import get_spec
 from luring.defense import load as load_defense
 from luring.errors import LuringError
-from luring.experiments.common import aggregate, unit_seed
+from luring.experiments.common import aggregate, rates, unit_seed
 from luring.experiments.context import Result, RunContext
 from luring.experiments.family import family_unit
 from luring.experiments.models import load_frozen, train_defense_dir
@@ -199,14 +199,12 @@ def run(ctx: RunContext) -> Result:
             per_w, per_a, chosen = [], [], []
             for s in seeds:
                 t, meta = units[("mim-w", m, s, e)]
-                per_w.append({"ac_mop": rate(t["best_t_ok"]), "ac_m": rate(t["best_m_ok"]),
-                              "dac": rate(t["best_defended"])})
+                per_w.append(rates(t["best_t_ok"], t["best_m_ok"], t["best_defended"]))
                 chosen.append(meta["best"])
                 a, _ = units[("adaptive", m, s, e)]
                 # per example, the worst over FGSM, the MIM-W grid and the adaptive family
-                per_a.append({"ac_mop": rate(t["all_t_ok"] & a["all_t_ok"]),
-                              "ac_m": rate(t["all_m_ok"] & a["all_m_ok"]),
-                              "dac": rate(t["all_defended"] & a["all_defended"])})
+                per_a.append(rates(*(t[f"all_{k}"] & a[f"all_{k}"]
+                                     for k in ("t_ok", "m_ok", "defended"))))
             rows.append(aggregate("advtrain", f"{m}-luring", "mim-w", e, per_w,
                                   {"setting": chosen[0], "settings_per_seed": chosen},
                                   seeds=seeds))

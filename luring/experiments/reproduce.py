@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -154,11 +155,23 @@ def precision_lines(precision: str) -> list[str]:
             "paper: float32 throughout)"]
 
 
+@dataclass
 class _Job:
     """One call of :func:`reproduce` once its identity is known."""
 
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
+    dataset: str
+    profile: str
+    settings: dict[str, Any]
+    seeds: list[int]
+    experiments: list[registry.Experiment]
+    device: torch.device
+    data_dir: str | None
+    target_dir: str | None
+    fps: dict[str, str]
+    identity: dict[str, Any]
+    log: Callable[[str], None]
+    started: float
+    on_results: Callable[[dict[str, Any], Path], None] | None
 
     def run(self, out: Path, restart: bool, train_split: list[torch.Tensor],
             test: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
