@@ -114,6 +114,12 @@ def run(ctx: RunContext) -> Result:
     return res
 
 
+def _query(out: dict[tuple, tuple[dict[str, torch.Tensor], dict[str, Any]]],
+           attacks: tuple[str, ...], s: int, a: str, e: float) -> dict[str, dict[str, Any]]:
+    """The query attacks' (SPSA, ECO) unit outcomes of one seed, approach and ε (those run)."""
+    return {k: out[(s, a, k, e)][0] for k in ("spsa", "eco") if k in attacks}
+
+
 def _outcomes(ctx: RunContext, attacks: tuple[str, ...],
               out: dict[tuple, tuple[dict[str, torch.Tensor], dict[str, Any]]]
               ) -> dict[tuple, dict[str, torch.Tensor]]:
@@ -123,7 +129,7 @@ def _outcomes(ctx: RunContext, attacks: tuple[str, ...],
     res: dict[tuple, dict[str, torch.Tensor]] = {}
     for s, a in ctx.pairs():
         for e in ctx.eps:
-            query = {k: out[(s, a, k, e)][0] for k in ("spsa", "eco") if k in attacks}
+            query = _query(out, attacks, s, a, e)
             mw = out[(s, a, "mim-w", e)][0]
             worst = tuple(worst_case([u[k] for u in query.values()] + [mw[f"all_{k}"]])
                           for k in keys)
@@ -146,7 +152,7 @@ def _rows(ctx: RunContext, x: torch.Tensor, attacks: tuple[str, ...],
             chosen, curves = [], []
             for s in seeds:
                 d = defenses[a][s]
-                query = {k: out[(s, a, k, e)][0] for k in ("spsa", "eco") if k in attacks}
+                query = _query(out, attacks, s, a, e)
                 mw, mw_meta = out[(s, a, "mim-w", e)]
                 for name, u in query.items():
                     per[name].append(rates(u["t_ok"], u["m_ok"], u["defended"])
