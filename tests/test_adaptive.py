@@ -86,6 +86,20 @@ def test_masking_checks_pass_a_healthy_model_and_flag_each_symptom():
     assert c["gradient"]["ratio"] == float("inf") and c["n"] == 50
 
 
+def test_diagnostics_table_shows_what_a_flagged_rate_that_rounds_to_zero_left():
+    from luring.report.adaptive import diagnostics_table
+
+    checks = {"0": masking_checks(_meta(ac_mop_eps1=1 / 690), CFG, 690)}
+    results = {"diagnostics": {"luring": {"eps": 0.3, "seeds": checks}},
+               "settings": {"adaptive": {"diagnostics": {"steps": [20, 100],
+                                                         "unbounded_steps": 20}}}}
+    text = diagnostics_table(results)
+    assert "FLAGGED: 0.001 (1 of 690)" in text  # never a bare "FLAGGED: 0.00"
+    assert "at ε = 1 with 20 steps" in text and "| unbounded |" in text
+    checks["0"] = masking_checks(_meta(), CFG, 690)
+    assert "ok: 0.000 (0 of 690)" in diagnostics_table(results)
+
+
 def _outcome(defended):
     t = torch.tensor(defended, dtype=torch.bool)
     return {"t_ok": torch.zeros_like(t), "m_ok": t, "defended": t}

@@ -185,6 +185,10 @@ def test_sigkill_then_resume_gives_identical_results(tmp_path, target_dir, unint
                    env=_env(), capture_output=True, timeout=600)
     timings = json.loads((out / "timings.json").read_text())
     assert len(timings["units_reused"]) >= done >= 10
+    # the resumed invocation's wall time is not the run's: the report says so
+    assert f"which reused {len(timings['units_reused'])} stored units" in \
+        (out / "report.md").read_text()
+    assert "which reused" not in (uninterrupted / "report.md").read_text()
     assert (out / "results.json").read_bytes() == (uninterrupted / "results.json").read_bytes()
 
 

@@ -178,3 +178,34 @@ def test_aggregate_over_seeds_pools_examples_and_keeps_every_seed():
     one = aggregate("defend", "ce", "spsa", 0.2, [{"dac": Rate.of(3, 4)}], seeds=[0])
     assert one["dac"] == 0.75 and one["n"] == 4 and "per_seed" not in one and "std" not in one
     assert one["ci"]["dac"] == pytest.approx(list(wilson_interval(3, 4)))
+
+
+def test_rates_of_reads_a_units_prefixed_outcomes():
+    from luring.experiments.common import rates_of
+
+    b = torch.tensor
+    unit = {"best_t_ok": b([True, False, False, False]), "best_m_ok": b([True, True, False, True]),
+            "best_defended": b([True, True, True, False]),
+            "t_ok": b([False, False]), "m_ok": b([True, False]), "defended": b([True, True])}
+    best = rates_of(unit, "best")
+    assert (best["ac_mop"].k, best["ac_m"].k, best["dac"].k) == (1, 3, 3)
+    assert best["dac"].n == 4 and best["dac"].value == 0.75
+    plain = rates_of(unit)
+    assert (plain["ac_mop"].k, plain["ac_m"].k, plain["dac"].k, plain["dac"].n) == (0, 1, 2, 2)
+    with pytest.raises(KeyError):
+        rates_of(unit, "all")
+
+
+def test_model_reuse_is_recorded(tmp_path):
+    built = []
+
+    def build(d):
+        built.append(1)
+        (d / "model.json").write_text("{}")
+
+    with RunDir(tmp_path) as run:
+        run.model("m", {"a": 1}, build, marker="model.json")
+        assert run.models_reused == []
+    with RunDir(tmp_path) as run:  # a later invocation finds it
+        run.model("m", {"a": 1}, build, marker="model.json")
+        assert run.models_reused == ["m"] and built == [1]

@@ -241,6 +241,17 @@ def test_fashion_mnist_is_flagged(tmp_path, fast_figures):
     assert "no results for fashion-mnist" in text
 
 
+def test_wall_time_of_a_resumed_run_says_it_is_not_the_total(tmp_path, fast_figures):
+    res = _results()
+    res["reused"] = {"units": 295, "models": 1}
+    text = render_report(res, tmp_path).read_text()
+    assert ("- wall time: 321.5 s (5.4 min) for this invocation alone, which reused 295 stored "
+            "units and 1 trained model from earlier invocations" in text)
+    res["reused"] = {"units": 0, "models": 0}  # nothing reused: the figure is the run's
+    text = render_report(res, tmp_path).read_text()
+    assert "- wall time: 321.5 s (5.4 min)\n" in text
+
+
 def test_saliency_figure(tmp_path, fast_figures):
     from safetensors.numpy import save_file
 

@@ -35,7 +35,7 @@ from luring.attacks import PGD
 from luring.data import get_spec
 from luring.defense import load as load_defense
 from luring.errors import LuringError
-from luring.experiments.common import aggregate, rates, unit_seed
+from luring.experiments.common import aggregate, rates, rates_of, unit_seed
 from luring.experiments.context import Result, RunContext
 from luring.experiments.family import family_unit
 from luring.experiments.models import load_frozen, train_defense_dir
@@ -199,7 +199,7 @@ def run(ctx: RunContext) -> Result:
             per_w, per_a, chosen = [], [], []
             for s in seeds:
                 t, meta = units[("mim-w", m, s, e)]
-                per_w.append(rates(t["best_t_ok"], t["best_m_ok"], t["best_defended"]))
+                per_w.append(rates_of(t, "best"))
                 chosen.append(meta["best"])
                 a, _ = units[("adaptive", m, s, e)]
                 # per example, the worst over FGSM, the MIM-W grid and the adaptive family

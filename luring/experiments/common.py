@@ -89,6 +89,14 @@ def rates(t_ok: torch.Tensor, m_ok: torch.Tensor, defended: torch.Tensor, *,
     return out
 
 
+def rates_of(unit: dict[str, torch.Tensor], prefix: str = "") -> dict[str, Rate]:
+    """:func:`rates` of a stored unit's ``{prefix}_t_ok``, ``{prefix}_m_ok`` and
+    ``{prefix}_defended`` booleans (N,) (plain ``t_ok`` … with no prefix): ``"best"`` for
+    the kept setting, ``"all"`` for the per-example worst case over every setting."""
+    key = f"{prefix}_" if prefix else ""
+    return rates(unit[f"{key}t_ok"], unit[f"{key}m_ok"], unit[f"{key}defended"])
+
+
 def mean_std(vals: list[float]) -> tuple[float, float | None]:
     """Mean over seeds and the sample standard deviation (None for a single value)."""
     mean = sum(vals) / len(vals)

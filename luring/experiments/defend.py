@@ -16,7 +16,7 @@ import torch
 
 from luring.attacks import worst_case_search
 from luring.errors import LuringError
-from luring.experiments.common import aggregate, make_attack, rates, together, unit_seed
+from luring.experiments.common import aggregate, make_attack, rates, rates_of, together, unit_seed
 from luring.experiments.context import Result, RunContext
 from luring.experiments.detection import clean_scores, op_rates, pooled_roc
 from luring.experiments.profiles import attack_steps, mimw_settings
@@ -155,12 +155,11 @@ def _rows(ctx: RunContext, x: torch.Tensor, attacks: tuple[str, ...],
                 query = _query(out, attacks, s, a, e)
                 mw, mw_meta = out[(s, a, "mim-w", e)]
                 for name, u in query.items():
-                    per[name].append(rates(u["t_ok"], u["m_ok"], u["defended"])
-                                     | op_rates(d, u["t_logits"], u["m_logits"], u["m_ok"])[0])
+                    op_u = op_rates(d, u["t_logits"], u["m_logits"], u["m_ok"])[0]
+                    per[name].append(rates_of(u) | op_u)
                 op, adv_scores = op_rates(d, mw["best_t_logits"], mw["best_m_logits"],
                                           mw["best_m_ok"])
-                per["mim-w"].append(rates(mw["best_t_ok"], mw["best_m_ok"], mw["best_defended"])
-                                    | op)
+                per["mim-w"].append(rates_of(mw, "best") | op)
                 curves.append((clean[(s, a)], adv_scores, float(d.detector["threshold"]),
                                d.detector["rule"]))
                 chosen.append(mw_meta["best"])

@@ -76,8 +76,9 @@ def reproduce(dataset: str, out: str | Path, *, profile: str = "quick", seed: in
     and attack of the run; ``auto`` is resolved once, on the family's target architecture
     (a resumed run keeps the precision its ``config.json`` recorded), and the concrete choice
     and the attacks' chunk size are part of the run's identity. ``on_results(results |
-    {"wall_time_s"}, run directory)`` is called once results.json is written, while the
-    directory is still held (the CLI writes the report and figures there).
+    {"wall_time_s", "reused": {"units", "models"}}, run directory)`` is called once
+    results.json is written, while the directory is still held (the CLI writes the report
+    and figures there); ``reused`` counts what earlier invocations stored.
     """
     chosen = registry.names(default=True) if experiments is None else tuple(experiments)
     if not chosen:
@@ -204,10 +205,12 @@ class _Job:
             wall = time.perf_counter() - self.started
             atomic_write_json(run.path / "timings.json", {
                 "wall_time_s": wall, "units_run": run.ran, "units_reused": run.reused,
-                "units_recomputed": run.recomputed, "processes": world,
+                "units_recomputed": run.recomputed, "models_reused": run.models_reused,
+                "processes": world,
                 "attacker_train_seconds": {str(s): a["seconds"] for s, a in attackers.items()}})
             if self.on_results is not None:
-                self.on_results(results | {"wall_time_s": wall}, run.path)
+                self.on_results(results | {"wall_time_s": wall, "reused": {
+                    "units": len(run.reused), "models": len(run.models_reused)}}, run.path)
         return results
 
     def _models(self, run: RunDir, rank: int, world: int, train_split: list[torch.Tensor],

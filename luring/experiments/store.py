@@ -72,6 +72,7 @@ class RunDir:
         self.ran: list[str] = []
         self.reused: list[str] = []
         self.recomputed: list[str] = []
+        self.models_reused: list[str] = []  # trained by an earlier invocation
 
     def __enter__(self) -> RunDir:
         if not self.lock:
@@ -181,6 +182,7 @@ class RunDir:
                     f"{final.relative_to(self.path)} in {self.path} was trained from something "
                     f"else ({'; '.join(diffs)}); use another --out, or --restart to clear the "
                     "directory and retrain")
+            self.models_reused.append(name)
             return final
         if announce is not None:
             announce()

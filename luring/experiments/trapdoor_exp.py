@@ -34,7 +34,7 @@ import torch
 from luring.data import get_spec
 from luring.defense import build_trapdoor, load_trapdoor
 from luring.defense.trapdoor import QUICK_NOTES, resolve_trapdoor_settings, trapdoor_settings
-from luring.experiments.common import aggregate, rates, unit_seed
+from luring.experiments.common import aggregate, rates_of, unit_seed
 from luring.experiments.context import Result, RunContext
 from luring.experiments.search import transfer_search
 from luring.metrics import rate
@@ -162,11 +162,11 @@ def run(ctx: RunContext) -> Result:
             for s in seeds:
                 t, meta = units[(a, s, e)]
                 per["best"].append(
-                    rates(t["best_t_ok"], t["best_m_ok"], t["best_defended"])
+                    rates_of(t, "best")
                     | {"detection_rate": rate(t["best_flagged"]),
                        "dac_rule": rate(t["rule_best_defended"])})
                 per["worst-case"].append(
-                    rates(t["all_t_ok"], t["all_m_ok"], t["all_defended"])
+                    rates_of(t, "all")
                     | {"dac_rule": rate(t["rule_all_defended"])})
                 chosen.append(meta["best"])
                 rule_chosen.append(meta["rule_best"])

@@ -10,6 +10,7 @@ from luring.report.cells import (
     DASH,
     NAMES,
     approaches_in,
+    as_float,
     attack_failed,
     cells_by_eps,
     ci_of,
@@ -151,11 +152,21 @@ def adaptive_intro(results: dict) -> str:
     return text
 
 
+def _left_right(ac_mop: Any, n: Any) -> str:
+    """AC_MoP with the count of images it stands for: ``0.001 (1 of 690)``, so that a
+    flagged rate that rounds to 0.00 still shows what was left."""
+    if as_float(ac_mop) is None or not isinstance(n, int) or n <= 0:
+        return fmt(ac_mop, 2)
+    return f"{fmt(ac_mop, 3)} ({round(float(ac_mop) * n)} of {n})"
+
+
 def diagnostics_table(results: dict) -> str:
     """Markdown: per approach (and seed), the four masking checks, each 'ok' or 'FLAGGED'."""
     diag = results.get("diagnostics") or {}
     if not isinstance(diag, dict) or not diag:
         return ""
+    cfg = (((results.get("settings") or {}).get("adaptive") or {}).get("diagnostics") or {})
+    ub_steps = cfg.get("unbounded_steps") or max(cfg.get("steps") or [0]) or None
     md_rows = []
     for a in approaches_in({"approach": k} for k in diag):
         d = diag[a]
@@ -169,7 +180,7 @@ def diagnostics_table(results: dict) -> str:
                 mark("gradient", f"{g['grad_t']:.1e} vs M {g['grad_m']:.1e}"),
                 mark("steps", " → ".join(f"{s}: {fmt(v, 2)}"
                                          for s, v in zip(st["steps"], st["ac_mop"], strict=False))),
-                mark("unbounded", fmt(ub["ac_mop"], 2)),
+                mark("unbounded", _left_right(ub["ac_mop"], c.get("n"))),
                 mark("gradient_free", f"SPSA {fmt(gf['ac_mop_spsa'], 2)} vs "
                                       f"MIM {fmt(gf['ac_mop_gradient'], 2)}"),
                 ", ".join(c["flagged"]) or "none"])
@@ -178,7 +189,10 @@ def diagnostics_table(results: dict) -> str:
     return (f"Checks at ε = {fmt(first.get('eps'))} (n = {n} test images): median "
             "input-gradient magnitude of T against M's (flagged below the threshold ratio); "
             "AC_MoP of plain MIM as the number of steps grows (flagged "
-            "if it rises); AC_MoP at ε = 1 (flagged unless 0); SPSA against MIM on T "
+            "if it rises); AC_MoP of the same MIM at ε = 1"
+            + (f" with {ub_steps} steps" if ub_steps else "")
+            + " (flagged unless 0: an unbounded attack must always win; in brackets, the "
+            "images it left T right on); SPSA against MIM on T "
             "(flagged if the gradient-free attack fools T more often). A flagged approach's "
             "plain-attack numbers measure attack failure as much as the defense.\n\n"
             + md_table(["approach", "seed", "input gradient", "AC_MoP vs steps",

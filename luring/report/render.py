@@ -111,6 +111,18 @@ def _seconds(v: Any) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s:.1f} s ({s / 60:.1f} min)"
 
 
+def _reused(results: dict) -> str:
+    """The wall time's caveat when this invocation resumed a run: it reused what an earlier
+    one computed, so the figure is not the run's total."""
+    got = results.get("reused") or {}
+    units, models = int(got.get("units") or 0), int(got.get("models") or 0)
+    if not units and not models:
+        return ""
+    return (f" for this invocation alone, which reused {units} stored unit{'s' * (units != 1)} "
+            f"and {models} trained model{'s' * (models != 1)} from earlier invocations of the "
+            "same run directory (not the run's total)")
+
+
 def _header(results: dict) -> list[str]:
     fam = results.get("family") or DASH
     seeds = results.get("seeds") or ([results["seed"]] if results.get("seed") is not None else [])
@@ -120,7 +132,7 @@ def _header(results: dict) -> list[str]:
              f"- profile: {results.get('profile') or DASH}",
              f"- seed{'s' if len(seeds) > 1 else ''}: "
              f"{', '.join(str(s) for s in seeds) if seeds else DASH}",
-             f"- wall time: {_seconds(results.get('wall_time_s'))}",
+             f"- wall time: {_seconds(results.get('wall_time_s'))}{_reused(results)}",
              "- versions: " + (", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
                                if isinstance(versions, dict) and versions else DASH), ""]
     verdict = verdict_text(results)
