@@ -86,6 +86,32 @@ def test_masking_checks_pass_a_healthy_model_and_flag_each_symptom():
     assert c["gradient"]["ratio"] == float("inf") and c["n"] == 50
 
 
+def test_unbounded_check_can_cross_the_whole_range(monkeypatch):
+    """With the standard profile's fixed step of 0.01, 20 steps move a pixel by 0.2 at most:
+    the ε = 1 check takes 2.5 ε / steps instead, whatever the profile's step size."""
+    from luring.experiments import diagnostics
+    from luring.experiments.profiles import resolve_profile
+
+    calls = []
+
+    class Recorder:
+        def __init__(self, model, *, eps, steps, alpha, mu, seed):
+            calls.append((eps, steps, alpha))
+
+        def __call__(self, x):
+            return x
+
+    monkeypatch.setattr(diagnostics, "MIM", Recorder)
+    cfg = resolve_profile("standard", "mnist")["adaptive"]["diagnostics"]
+    assert cfg["step_size"] == 0.01 and cfg["unbounded_steps"] == 20
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x, y = torch.rand(5, 1, 2, 2), torch.zeros(5, dtype=torch.long)
+    diagnostics.diagnostics_unit(model, model, x, y, 0.3, cfg, seed=0)
+    (eps1, steps1, alpha1), = [c for c in calls if c[0] == 1.0]
+    assert steps1 == 20 and alpha1 * steps1 == pytest.approx(2.5)  # can reach every pixel value
+    assert [c[2] for c in calls if c[0] == 0.3] == [0.01, 0.01]  # the steps curve: the profile's
+
+
 def test_diagnostics_table_shows_what_a_flagged_rate_that_rounds_to_zero_left():
     from luring.report.adaptive import diagnostics_table
 
@@ -95,7 +121,7 @@ def test_diagnostics_table_shows_what_a_flagged_rate_that_rounds_to_zero_left():
                                                          "unbounded_steps": 20}}}}
     text = diagnostics_table(results)
     assert "FLAGGED: 0.001 (1 of 690)" in text  # never a bare "FLAGGED: 0.00"
-    assert "at ε = 1 with 20 steps" in text and "| unbounded |" in text
+    assert "at ε = 1 with 20 steps of 2.5/20" in text and "| unbounded |" in text
     checks["0"] = masking_checks(_meta(), CFG, 690)
     assert "ok: 0.000 (0 of 690)" in diagnostics_table(results)
 

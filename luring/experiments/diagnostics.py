@@ -9,7 +9,9 @@ defend experiment's test images, each a check that passes or is flagged:
   number of steps of ``steps`` (step size by the profile's rule); flagged when it *rises* with
   more steps (an attack that gets worse with more iterations is failing, not the defense
   succeeding).
-* ``unbounded``: AC_MoP of the same MIM at ε = 1; flagged unless it is 0.
+* ``unbounded``: AC_MoP of the same MIM at ε = 1, its step size by Madry et al.'s rule
+  (2.5 ε / steps, whatever the profile's step size: a fixed 0.01 would let 20 steps move
+  each pixel by 0.2 at most, an ε = 0.2 attack); flagged unless it is 0.
 * ``gradient_free``: SPSA's AC_MoP at the middle ε against the gradient attack's; flagged
   when the gradient-free attack fools T more often.
 
@@ -51,6 +53,13 @@ VERDICT_ATTACKS = ("mim-w", "worst-case", "adaptive-w", "adaptive-worst", "subst
                    "all-worst")
 
 
+#: Part of every diagnostics unit's identity: 2 since the ε = 1 check takes its step size
+#: by :data:`UNBOUNDED_STEP_RULE` (before: the profile's, which could not reach ε = 1).
+UNIT_FORMAT = 2
+#: The step size of the ε = 1 check: it must be able to cross the whole [0, 1] range.
+UNBOUNDED_STEP_RULE = "2.5*eps/steps"
+
+
 def _mim(model, x, y, eps, steps, cfg, seed):
     atk = MIM(model, eps=eps, steps=steps, alpha=step_size(cfg["step_size"], eps, steps),
               mu=cfg["mu"], seed=seed)
@@ -65,8 +74,8 @@ def _median_grad(model, x, y) -> float:
 def diagnostics_unit(model, target, x, y, eps_mid, cfg, seed):
     steps_list = [int(s) for s in cfg["steps"]]
     curve = [_mim(model, x, y, eps_mid, s, cfg, seed) for s in steps_list]
-    unbounded = _mim(model, x, y, 1.0, int(cfg.get("unbounded_steps", max(steps_list))), cfg,
-                     seed)
+    unbounded = _mim(model, x, y, 1.0, int(cfg.get("unbounded_steps", max(steps_list))),
+                     cfg | {"step_size": UNBOUNDED_STEP_RULE}, seed)
     ref = int(cfg["reference_steps"])
     meta = {"grad_t": _median_grad(model, x, y), "grad_m": _median_grad(target, x, y),
             "steps": steps_list, "ac_mop_steps": curve, "ac_mop_eps1": unbounded,
@@ -121,7 +130,8 @@ def run_diagnostics(ctx: RunContext, x: torch.Tensor, y: torch.Tensor,
                 return diagnostics_unit(m, ctx.target, x, y, eps_mid, cfg, u)
 
             meta = dict(run.unit("diagnostics", f"s{s}-{a}", diag,
-                                 {"run": ident, "params": cfg, "eps": eps_mid})[1])
+                                 {"run": ident, "params": cfg, "eps": eps_mid,
+                                  "format": UNIT_FORMAT})[1])
             known = ctx.outcomes.get((s, a, "spsa", eps_mid))
             if known is not None:
                 meta["ac_mop_spsa"] = float(known["t_ok"].float().mean())

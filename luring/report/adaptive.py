@@ -190,7 +190,7 @@ def diagnostics_table(results: dict) -> str:
             "input-gradient magnitude of T against M's (flagged below the threshold ratio); "
             "AC_MoP of plain MIM as the number of steps grows (flagged "
             "if it rises); AC_MoP of the same MIM at ε = 1"
-            + (f" with {ub_steps} steps" if ub_steps else "")
+            + (f" with {ub_steps} steps of 2.5/{ub_steps}" if ub_steps else "")
             + " (flagged unless 0: an unbounded attack must always win; in brackets, the "
             "images it left T right on); SPSA against MIM on T "
             "(flagged if the gradient-free attack fools T more often). A flagged approach's "
