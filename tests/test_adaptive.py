@@ -106,8 +106,9 @@ def test_unbounded_check_can_cross_the_whole_range(monkeypatch):
     assert cfg["step_size"] == 0.01 and cfg["unbounded_steps"] == 20
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
     x, y = torch.rand(5, 1, 2, 2), torch.zeros(5, dtype=torch.long)
-    diagnostics.diagnostics_unit(model, model, x, y, 0.3, cfg, seed=0)
+    _, meta = diagnostics.diagnostics_unit(model, model, x, y, 0.3, cfg, seed=0)
     (eps1, steps1, alpha1), = [c for c in calls if c[0] == 1.0]
+    assert (meta["eps1_steps"], meta["eps1_alpha"]) == (20, alpha1)  # recorded for the report
     assert steps1 == 20 and alpha1 * steps1 == pytest.approx(2.5)  # can reach every pixel value
     assert [c[2] for c in calls if c[0] == 0.3] == [0.01, 0.01]  # the steps curve: the profile's
 
@@ -115,15 +116,15 @@ def test_unbounded_check_can_cross_the_whole_range(monkeypatch):
 def test_diagnostics_table_shows_what_a_flagged_rate_that_rounds_to_zero_left():
     from luring.report.adaptive import diagnostics_table
 
-    checks = {"0": masking_checks(_meta(ac_mop_eps1=1 / 690), CFG, 690)}
-    results = {"diagnostics": {"luring": {"eps": 0.3, "seeds": checks}},
-               "settings": {"adaptive": {"diagnostics": {"steps": [20, 100],
-                                                         "unbounded_steps": 20}}}}
+    checks = {"0": masking_checks(_meta(ac_mop_eps1=1 / 690, eps1_steps=20, eps1_alpha=0.125),
+                                  CFG, 690)}
+    results = {"diagnostics": {"luring": {"eps": 0.3, "seeds": checks}}}
     text = diagnostics_table(results)
     assert "FLAGGED: 0.001 (1 of 690)" in text  # never a bare "FLAGGED: 0.00"
-    assert "at ε = 1 with 20 steps of 2.5/20" in text and "| unbounded |" in text
-    checks["0"] = masking_checks(_meta(), CFG, 690)
-    assert "ok: 0.000 (0 of 690)" in diagnostics_table(results)
+    assert "at ε = 1 with 20 steps of 0.125 (flagged" in text and "| unbounded |" in text
+    checks["0"] = masking_checks(_meta(), CFG, 690)  # an older run: no steps recorded
+    text = diagnostics_table(results)
+    assert "ok: 0.000 (0 of 690)" in text and "at ε = 1 (flagged" in text
 
 
 def _outcome(defended):

@@ -74,11 +74,12 @@ def _median_grad(model, x, y) -> float:
 def diagnostics_unit(model, target, x, y, eps_mid, cfg, seed):
     steps_list = [int(s) for s in cfg["steps"]]
     curve = [_mim(model, x, y, eps_mid, s, cfg, seed) for s in steps_list]
-    unbounded = _mim(model, x, y, 1.0, int(cfg.get("unbounded_steps", max(steps_list))),
-                     cfg | {"step_size": UNBOUNDED_STEP_RULE}, seed)
+    ub_steps = int(cfg.get("unbounded_steps", max(steps_list)))
+    unbounded = _mim(model, x, y, 1.0, ub_steps, cfg | {"step_size": UNBOUNDED_STEP_RULE}, seed)
     ref = int(cfg["reference_steps"])
     meta = {"grad_t": _median_grad(model, x, y), "grad_m": _median_grad(target, x, y),
             "steps": steps_list, "ac_mop_steps": curve, "ac_mop_eps1": unbounded,
+            "eps1_steps": ub_steps, "eps1_alpha": step_size(UNBOUNDED_STEP_RULE, 1.0, ub_steps),
             "ac_mop_gradient": curve[steps_list.index(ref)] if ref in steps_list
             else curve[-1]}
     return {}, meta
@@ -97,7 +98,8 @@ def masking_checks(m: dict[str, Any], cfg: dict[str, Any], n: int) -> dict[str, 
         "gradient": {"flagged": ratio < cfg["grad_ratio"], "grad_t": m["grad_t"],
                      "grad_m": m["grad_m"], "ratio": ratio, "threshold": cfg["grad_ratio"]},
         "steps": {"flagged": rises, "steps": m["steps"], "ac_mop": curve},
-        "unbounded": {"flagged": m["ac_mop_eps1"] > 0, "ac_mop": m["ac_mop_eps1"]},
+        "unbounded": {"flagged": m["ac_mop_eps1"] > 0, "ac_mop": m["ac_mop_eps1"],
+                      "steps": m.get("eps1_steps"), "alpha": m.get("eps1_alpha")},
         "gradient_free": {"flagged": m["ac_mop_spsa"] < m["ac_mop_gradient"],
                           "ac_mop_spsa": m["ac_mop_spsa"],
                           "ac_mop_gradient": m["ac_mop_gradient"],

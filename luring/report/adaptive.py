@@ -165,8 +165,6 @@ def diagnostics_table(results: dict) -> str:
     diag = results.get("diagnostics") or {}
     if not isinstance(diag, dict) or not diag:
         return ""
-    cfg = (((results.get("settings") or {}).get("adaptive") or {}).get("diagnostics") or {})
-    ub_steps = cfg.get("unbounded_steps") or max(cfg.get("steps") or [0]) or None
     md_rows = []
     for a in approaches_in({"approach": k} for k in diag):
         d = diag[a]
@@ -185,12 +183,15 @@ def diagnostics_table(results: dict) -> str:
                                       f"MIM {fmt(gf['ac_mop_gradient'], 2)}"),
                 ", ".join(c["flagged"]) or "none"])
     first = next(iter(diag.values()))
-    n = next(iter((first.get("seeds") or {}).values()), {}).get("n", DASH)
+    check = next(iter((first.get("seeds") or {}).values()), {})
+    n = check.get("n", DASH)
+    ub = check.get("unbounded") or {}  # the ε = 1 attack as the run recorded it (newer runs)
+    ub_how = (f" with {ub['steps']} steps of {ub['alpha']:.3g}"
+              if ub.get("steps") and as_float(ub.get("alpha")) is not None else "")
     return (f"Checks at ε = {fmt(first.get('eps'))} (n = {n} test images): median "
             "input-gradient magnitude of T against M's (flagged below the threshold ratio); "
             "AC_MoP of plain MIM as the number of steps grows (flagged "
-            "if it rises); AC_MoP of the same MIM at ε = 1"
-            + (f" with {ub_steps} steps of 2.5/{ub_steps}" if ub_steps else "")
+            "if it rises); AC_MoP of the same MIM at ε = 1" + ub_how
             + " (flagged unless 0: an unbounded attack must always win; in brackets, the "
             "images it left T right on); SPSA against MIM on T "
             "(flagged if the gradient-free attack fools T more often). A flagged approach's "
