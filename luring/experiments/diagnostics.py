@@ -75,11 +75,12 @@ def diagnostics_unit(model, target, x, y, eps_mid, cfg, seed):
     steps_list = [int(s) for s in cfg["steps"]]
     curve = [_mim(model, x, y, eps_mid, s, cfg, seed) for s in steps_list]
     ub_steps = int(cfg.get("unbounded_steps", max(steps_list)))
-    unbounded = _mim(model, x, y, 1.0, ub_steps, cfg | {"step_size": UNBOUNDED_STEP_RULE}, seed)
+    ub_alpha = step_size(UNBOUNDED_STEP_RULE, 1.0, ub_steps)
+    unbounded = _mim(model, x, y, 1.0, ub_steps, cfg | {"step_size": ub_alpha}, seed)
     ref = int(cfg["reference_steps"])
     meta = {"grad_t": _median_grad(model, x, y), "grad_m": _median_grad(target, x, y),
             "steps": steps_list, "ac_mop_steps": curve, "ac_mop_eps1": unbounded,
-            "eps1_steps": ub_steps, "eps1_alpha": step_size(UNBOUNDED_STEP_RULE, 1.0, ub_steps),
+            "eps1_steps": ub_steps, "eps1_alpha": ub_alpha,
             "ac_mop_gradient": curve[steps_list.index(ref)] if ref in steps_list
             else curve[-1]}
     return {}, meta

@@ -152,7 +152,7 @@ def adaptive_intro(results: dict) -> str:
     return text
 
 
-def _left_right(ac_mop: Any, n: Any) -> str:
+def _with_count(ac_mop: Any, n: Any) -> str:
     """AC_MoP with the count of images it stands for: ``0.001 (1 of 690)``, so that a
     flagged rate that rounds to 0.00 still shows what was left."""
     if as_float(ac_mop) is None or not isinstance(n, int) or n <= 0:
@@ -178,7 +178,7 @@ def diagnostics_table(results: dict) -> str:
                 mark("gradient", f"{g['grad_t']:.1e} vs M {g['grad_m']:.1e}"),
                 mark("steps", " → ".join(f"{s}: {fmt(v, 2)}"
                                          for s, v in zip(st["steps"], st["ac_mop"], strict=False))),
-                mark("unbounded", _left_right(ub["ac_mop"], c.get("n"))),
+                mark("unbounded", _with_count(ub["ac_mop"], c.get("n"))),
                 mark("gradient_free", f"SPSA {fmt(gf['ac_mop_spsa'], 2)} vs "
                                       f"MIM {fmt(gf['ac_mop_gradient'], 2)}"),
                 ", ".join(c["flagged"]) or "none"])
